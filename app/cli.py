@@ -1,0 +1,102 @@
+"""The `appraise` command line.
+
+User mistakes (bad files, contradictory options) print one line on stderr naming the file and the problem and
+exit with status 2; nothing is half-written. ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from app import __version__
+from app.commands import blind, relevance_diversity
+from app.commands.common import UsageProblem, stderr
+from app.data.errors import DataError
+from app.data.tabular import validate_table
+from app.valuation.errors import ValuationError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+
+app = typer.Typer(
+    name="appraise",
+    help="Appraise: what a seller's data is worth to a buyer, before raw data changes hands.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+value_app = typer.Typer(help="Value sellers' data for a buyer on this machine (hosted mode).", no_args_is_help=True)
+share_app = typer.Typer(help="Blind mode: compute and write a party's share.", no_args_is_help=True)
+app.add_typer(value_app, name="value")
+app.add_typer(share_app, name="share")
+
+value_app.command("relevance-diversity")(relevance_diversity.value_relevance_diversity)
+share_app.command("buyer")(blind.share_buyer)
+share_app.command("seller")(blind.share_seller)
+app.command("score")(blind.score)
+
+_debug = False
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors"),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit"),
+) -> None:
+    global _debug
+    _debug = debug
+    if version:
+        typer.echo(f"appraise {__version__}")
+        raise typer.Exit()
+
+
+@app.command("validate")
+def validate(
+    path: Path = typer.Argument(..., help="A table file (.csv, .parquet, .npz)"),
+    label_column: str | None = typer.Option(None, help="Label column (default: 'label' if present)"),
+) -> None:
+    """Read a table fully and report its shape, or the first problem in it."""
+    from app.config import get_settings
+
+    info = validate_table(path, label_column=label_column, limits=get_settings().read_limits())
+    label = f", label column {info.label_column!r}" if info.label_column else ", no labels"
+    typer.echo(f"{info.path}: {info.format}, {info.rows:,} rows × {len(info.columns)} features{label}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning expected failures into one clean line."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (DataError, ValuationError, UsageProblem) as exc:
+        if _debug:
+            raise
+        stderr.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if _debug:
+            raise
+        stderr.print(
+            f"[bold red]internal error[/]: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(EXIT_INTERNAL_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Streaming CSV reading with pyarrow, and precise error locations when pyarrow refuses a file.
+
+pyarrow parses fast but its errors name neither row nor column reliably. When it refuses a block we scan the
+file once more with Python's ``csv`` module, which is slow but exact, to find the first bad row and cell.
+That second scan only runs on the error path.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from app.data.errors import (
+    ColumnError,
+    CorruptFile,
+    DataError,
+    EmptyFile,
+    EncodingError,
+    MissingValue,
+    NonNumericValue,
+    RaggedRow,
+)
+
+HEADER_PROBE_BYTES = 4 * 1024**2
+UTF8_BOM = codecs.BOM_UTF8
+
+
+@dataclass(frozen=True)
+class RecordBlock:
+    """A block of rows from a streamed CSV or Parquet file, with where it starts and how far the file is read."""
+
+    batch: pa.RecordBatch
+    start_row: int  # 0-based index of the batch's first data row
+    progress: float  # fraction of the file's bytes consumed so far
+
+
+def read_header(path: Path) -> list[str]:
+    """Column names from the first record of ``path``, checked for emptiness and duplicates."""
+    with open(path, "rb") as fh:
+        probe = fh.read(HEADER_PROBE_BYTES)
+    if probe.startswith(UTF8_BOM):
+        probe = probe[len(UTF8_BOM) :]
+    end = probe.find(b"\n")
+    first = probe if end < 0 else probe[:end]
+    try:
+        text = first.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EncodingError(path, f"header is not valid UTF-8 (byte {exc.start})", location="row 0") from None
+    if not text.strip():
+        raise EmptyFile(path, "no header row (the first line is empty)")
+    header = next(csv.reader(io.StringIO(text)))
+    names = [h.strip() for h in header]
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if not name:
+            raise ColumnError(path, f"column {i + 1} has an empty name", location="header")
+        if name in seen:
+            raise ColumnError(path, f"column name {name!r} appears more than once", location="header")
+        seen.add(name)
+    return names
+
+
+def iter_csv(
+    path: Path,
+    header: list[str],
+    numeric: set[str],
+    block_bytes: int = 16 * 1024**2,
+) -> Iterator[RecordBlock]:
+    """Stream ``path`` as record batches; ``numeric`` columns become float64, the rest strings.
+
+    Empty numeric cells and missing text cells raise :class:`MissingValue`; "nan"/"inf" stay NaN/inf for
+    the caller's finiteness check (so the message can say which it was).
+    """
+    types = {name: (pa.float64() if name in numeric else pa.string()) for name in header}
+    convert = pcsv.ConvertOptions(
+        column_types=types,
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+    read = pcsv.ReadOptions(block_size=block_bytes, use_threads=True)
+    size = max(path.stat().st_size, 1)
+    source = pa.OSFile(str(path))
+    start_row = 0
+    try:
+        try:
+            reader = pcsv.open_csv(source, read_options=read, convert_options=convert)
+        except pa.ArrowInvalid as exc:
+            raise _locate_problem(path, header, numeric, exc) from None
+        if [f.name.strip() for f in reader.schema] != header:
+            raise CorruptFile(path, "header could not be parsed consistently (check quoting)", location="header")
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as exc:
+                raise _locate_problem(path, header, numeric, exc) from None
+            check_nulls(path, batch, start_row)
+            yield RecordBlock(batch, start_row, min(source.tell() / size, 1.0))
+            start_row += batch.num_rows
+    finally:
+        source.close()
+
+
+def check_nulls(path: Path, batch: pa.RecordBatch, start_row: int) -> None:
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if column.null_count:
+            first = pc.index(pc.is_null(column), True).as_py()
+            raise MissingValue(
+                path, "empty cell", location=f"row {start_row + first + 1}, column {name!r}"
+            )
+
+
+def _is_number(cell: str) -> bool:
+    # Mirror pyarrow's float parser closely enough: Python's float() also takes "1_000" and surrounding
+    # whitespace, which pyarrow rejects.
+    if "_" in cell:
+        return False
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+class _BadBytes(Exception):
+    def __init__(self, line: int, exc: UnicodeDecodeError) -> None:
+        self.line = line
+        self.byte = exc.object[exc.start]
+
+
+def _decoded_lines(raw) -> Iterator[str]:
+    if raw.read(len(UTF8_BOM)) != UTF8_BOM:
+        raw.seek(0)
+    for line_no, line in enumerate(raw, start=1):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _BadBytes(line_no, exc) from None
+
+
+def _locate_problem(path: Path, header: list[str], numeric: set[str], cause: Exception) -> DataError:
+    """Scan the file with the csv module and describe the first problem exactly."""
+    row = 0
+    with open(path, "rb") as raw:
+        reader = csv.reader(_decoded_lines(raw))
+        try:
+            next(reader, None)  # header, already checked
+            for record in reader:
+                if not record:
+                    continue
+                row += 1
+                where = f"row {row} (line {reader.line_num})"
+                if len(record) != len(header):
+                    return RaggedRow(
+                        path, f"has {len(record)} fields; the header has {len(header)}", location=where
+                    )
+                for name, cell in zip(header, record, strict=True):
+                    if name in numeric and cell != "" and not _is_number(cell):
+                        shown = cell if len(cell) <= 40 else cell[:37] + "..."
+                        return NonNumericValue(
+                            path, f"{shown!r} is not a number", location=f"{where}, column {name!r}"
+                        )
+        except _BadBytes as bad:
+            return EncodingError(path, f"invalid UTF-8 byte 0x{bad.byte:02x}", location=f"line {bad.line}")
+        except csv.Error as exc:
+            return CorruptFile(path, f"malformed CSV ({exc})", location=f"row {row + 1}")
+    return CorruptFile(path, f"cannot be parsed as CSV ({cause})")

@@ -1,0 +1,161 @@
+"""One exception hierarchy for everything wrong with a file a user brings.
+
+Every error names the file and, where it can, the row, column or array that is wrong. The CLI prints
+``str(error)`` as one line; the API (service issue) turns ``code``/``title``/``detail`` into RFC 9457
+problem details, so ``code`` is a stable slug and never renamed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(Exception):
+    """Base class: a user file (or a pair of files) cannot be used as given."""
+
+    code = "invalid-data"
+    title = "Invalid data file"
+
+    def __init__(self, path: str | Path | None, problem: str, *, location: str | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        self.problem = problem
+        self.location = location
+        super().__init__(self.detail)
+
+    def __str__(self) -> str:
+        return self.detail
+
+    @property
+    def detail(self) -> str:
+        where = ", ".join(p for p in (self.path, self.location) if p)
+        return f"{where}: {self.problem}" if where else self.problem
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "code": self.code,
+            "title": self.title,
+            "detail": self.detail,
+            "file": self.path,
+            "location": self.location,
+        }
+
+
+class UnsupportedFormat(DataError):
+    code = "unsupported-format"
+    title = "Unsupported file format"
+
+
+class FileMissing(DataError):
+    code = "file-not-found"
+    title = "File not found"
+
+
+class FileTooLarge(DataError):
+    code = "file-too-large"
+    title = "File exceeds the size cap"
+
+
+class EmptyFile(DataError):
+    code = "empty-file"
+    title = "File holds no data"
+
+
+class TooFewRows(DataError):
+    code = "too-few-rows"
+    title = "Not enough rows"
+
+
+class EncodingError(DataError):
+    code = "not-utf8"
+    title = "Text is not UTF-8"
+
+
+class RaggedRow(DataError):
+    code = "ragged-row"
+    title = "Row has the wrong number of fields"
+
+
+class NonNumericValue(DataError):
+    code = "non-numeric"
+    title = "Non-numeric value"
+
+
+class MissingValue(DataError):
+    code = "missing-value"
+    title = "Missing value"
+
+
+class NonFiniteValue(DataError):
+    code = "non-finite"
+    title = "NaN or infinite value"
+
+
+class ColumnError(DataError):
+    """Header problems: duplicate or unknown column names, a missing required column."""
+
+    code = "bad-columns"
+    title = "Bad column layout"
+
+
+class ColumnMismatch(DataError):
+    """Buyer and seller tables do not have the same feature columns."""
+
+    code = "column-mismatch"
+    title = "Buyer and seller columns differ"
+
+
+class ArrayMissing(DataError):
+    code = "array-missing"
+    title = "Required array missing"
+
+
+class UnexpectedArray(DataError):
+    code = "unexpected-array"
+    title = "Unknown array in file"
+
+
+class ArrayShapeError(DataError):
+    code = "bad-shape"
+    title = "Array has the wrong shape or type"
+
+
+class LabelLengthMismatch(DataError):
+    code = "label-length"
+    title = "Labels do not match the rows"
+
+
+class EdgeIndexOutOfRange(DataError):
+    code = "edge-out-of-range"
+    title = "Edge refers to a node that does not exist"
+
+
+class UnknownNode(DataError):
+    code = "unknown-node"
+    title = "Edge refers to an unknown node id"
+
+
+class BadBatch(DataError):
+    code = "bad-batch"
+    title = "Invalid graph collection batch vector"
+
+
+class PickleRefused(DataError):
+    code = "pickle-refused"
+    title = "File holds pickled objects"
+
+
+class ZipBomb(DataError):
+    code = "zip-bomb"
+    title = "Archive expands beyond the allowed size"
+
+
+class CorruptFile(DataError):
+    code = "corrupt-file"
+    title = "File cannot be parsed"
+
+
+class ShareMismatch(DataError):
+    """Blind-mode share files that do not belong together (wrong request, wrong method, wrong role)."""
+
+    code = "share-mismatch"
+    title = "Share files do not belong together"

@@ -1,0 +1,54 @@
+"""Streaming Parquet reading with pyarrow: metadata checks first, then record batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from app.data.csv_reader import RecordBlock, check_nulls
+from app.data.errors import ColumnError, CorruptFile, NonNumericValue, ZipBomb
+from app.data.limits import ReadLimits
+
+
+def open_parquet(path: Path, limits: ReadLimits) -> pq.ParquetFile:
+    try:
+        pf = pq.ParquetFile(str(path))
+    except (pa.ArrowException, OSError) as exc:
+        raise CorruptFile(path, f"not a valid Parquet file ({exc})") from None
+    meta = pf.metadata
+    expanded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if expanded > limits.max_expanded_bytes:
+        raise ZipBomb(path, f"expands to {expanded:,} bytes; the limit is {limits.max_expanded_bytes:,}")
+    names = pf.schema_arrow.names
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ColumnError(path, f"column name {name!r} appears more than once", location="schema")
+        seen.add(name)
+    return pf
+
+
+def require_numeric_columns(path: Path, pf: pq.ParquetFile, columns: list[str]) -> None:
+    schema = pf.schema_arrow
+    for name in columns:
+        t = schema.field(name).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                or pa.types.is_decimal(t)):
+            raise NonNumericValue(
+                path, f"has type {t}; feature columns must be numeric", location=f"column {name!r}"
+            )
+
+
+def iter_parquet(path: Path, pf: pq.ParquetFile, columns: list[str], batch_rows: int) -> Iterator[RecordBlock]:
+    total = max(pf.metadata.num_rows, 1)
+    start = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=True):
+            check_nulls(path, batch, start)
+            start += batch.num_rows
+            yield RecordBlock(batch, start - batch.num_rows, start / total)
+    except (pa.ArrowException, OSError) as exc:
+        raise CorruptFile(path, f"damaged Parquet data ({exc})", location=f"near row {start + 1}") from None

@@ -1,0 +1,210 @@
+"""Blind-mode exchange files: plain NPZ arrays plus one JSON metadata string, never pickle.
+
+Three kinds of file, each holding only what its reader may learn:
+
+- ``PREFIX.request.npz`` (buyer → sellers, public): the directions to measure along (kept principal
+  directions shuffled with decoys), the preprocessing mode, and the buyer's mean/std only when the buyer
+  chose ``buyer`` scaling.
+- ``PREFIX.private.npz`` (buyer → broker): the kept eigenvalues λ and which request directions are real.
+- ``SELLER.npz`` (seller → broker): one λ̂ per request direction and the row count.
+
+Every file carries the request id, so the broker refuses a seller share that answers another request.
+Files are written atomically (temporary file in the same folder, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.data.errors import ArrayMissing, ArrayShapeError, CorruptFile, ShareMismatch
+from app.data.limits import ReadLimits
+from app.data.npz import NpzArchive
+from app.valuation.featural import BuyerPrivate, FeatureRequest, SellerShare
+
+FORMAT = "appraise-share"
+VERSION = 1
+METHOD = "relevance-diversity"
+# Share files are small (d × m floats); a tight cap keeps a hostile "share" from costing anything.
+SHARE_LIMITS = ReadLimits(max_file_bytes=2 * 1024**3, max_expanded_bytes=4 * 1024**3)
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _meta_array(meta: dict[str, Any]) -> np.ndarray:
+    return np.array(json.dumps(meta, sort_keys=True))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def write_request(path: str | Path, request: FeatureRequest) -> None:
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "role": "request",
+        "method": METHOD,
+        "request_id": request.request_id,
+        "scaling": request.scaling,
+        "columns": request.columns,
+    }
+    arrays = {"meta": _meta_array(meta), "directions": _np(request.directions)}
+    if request.scaling == "buyer":
+        arrays["center"] = _np(request.center)
+        arrays["scale"] = _np(request.scale)
+    _atomic_savez(Path(path), arrays)
+
+
+def write_private(path: str | Path, private: BuyerPrivate) -> None:
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "role": "buyer-private",
+        "method": METHOD,
+        "request_id": private.request_id,
+        "threshold": private.threshold,
+        "threshold_mode": private.threshold_mode,
+        "n_rows": private.n_rows,
+        "n_features": private.n_features,
+        "scaling": private.scaling,
+        "constant_columns": private.constant_columns,
+    }
+    arrays = {"meta": _meta_array(meta), "eigenvalues": _np(private.eigenvalues), "slots": _np(private.slots)}
+    _atomic_savez(Path(path), arrays)
+
+
+def write_seller_share(path: str | Path, share: SellerShare) -> None:
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "role": "seller",
+        "method": METHOD,
+        "request_id": share.request_id,
+        "n_rows": share.n_rows,
+    }
+    _atomic_savez(Path(path), {"meta": _meta_array(meta), "lam_hat": _np(share.lam_hat)})
+
+
+class _ShareFile:
+    """An opened share file whose metadata has been checked for format, version and role."""
+
+    def __init__(self, path: str | Path, role: str, arrays: dict[str, int]) -> None:
+        self.path = Path(path)
+        self._npz = NpzArchive(self.path, SHARE_LIMITS)
+        with self._npz:
+            self.meta = self._read_meta(role)
+            allowed = {"meta", *arrays}
+            extra = set(self._npz.headers) - allowed
+            if extra:
+                raise CorruptFile(self.path, f"unexpected arrays {sorted(extra)} in a {role} share file")
+            self.arrays: dict[str, np.ndarray] = {}
+            for name, ndim in arrays.items():
+                if name not in self._npz.headers:
+                    continue
+                self._npz.require_numeric(name, ndim)
+                a = self._npz.read(name)
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    raise ArrayShapeError(self.path, "holds NaN or infinite values", location=f"array {name!r}")
+                self.arrays[name] = a
+
+    def _read_meta(self, role: str) -> dict[str, Any]:
+        if "meta" not in self._npz.headers:
+            raise ArrayMissing(self.path, "no 'meta' array: not an Appraise share file")
+        h = self._npz.headers["meta"]
+        if h.dtype.kind != "U" or h.shape != ():
+            raise CorruptFile(self.path, "'meta' is not a text scalar: not an Appraise share file")
+        try:
+            meta = json.loads(str(self._npz.read("meta")[()]))
+        except json.JSONDecodeError as exc:
+            raise CorruptFile(self.path, f"'meta' is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CorruptFile(self.path, "not an Appraise share file")
+        if meta.get("version") != VERSION:
+            raise CorruptFile(self.path, f"share format version {meta.get('version')} is not supported")
+        if meta.get("role") != role:
+            raise ShareMismatch(
+                self.path, f"is a {meta.get('role')!r} file; a {role!r} file is needed here"
+            )
+        if meta.get("method") != METHOD:
+            raise ShareMismatch(self.path, f"is for method {meta.get('method')!r}, not {METHOD!r}")
+        if not isinstance(meta.get("request_id"), str):
+            raise CorruptFile(self.path, "metadata lacks a request id")
+        return meta
+
+    def need(self, name: str) -> np.ndarray:
+        if name not in self.arrays:
+            raise ArrayMissing(self.path, f"no array {name!r}")
+        return self.arrays[name]
+
+
+def read_request(path: str | Path) -> FeatureRequest:
+    f = _ShareFile(path, "request", {"directions": 2, "center": 1, "scale": 1})
+    directions = torch.from_numpy(f.need("directions").astype(np.float64))
+    scaling = f.meta.get("scaling")
+    if scaling not in ("own", "buyer", "none"):
+        raise CorruptFile(f.path, f"unknown scaling {scaling!r}")
+    center = scale = None
+    d = directions.shape[0]
+    if scaling == "buyer":
+        center = torch.from_numpy(f.need("center").astype(np.float64))
+        scale = torch.from_numpy(f.need("scale").astype(np.float64))
+        if center.shape != (d,) or scale.shape != (d,) or bool((scale <= 0).any()):
+            raise ArrayShapeError(f.path, f"'center' and 'scale' must be {d} numbers, scales positive")
+    columns = f.meta.get("columns")
+    if columns is not None and (not isinstance(columns, list) or len(columns) != d):
+        raise CorruptFile(f.path, "column list does not match the directions")
+    return FeatureRequest(directions, scaling, f.meta["request_id"], center, scale, columns)
+
+
+def read_private(path: str | Path) -> BuyerPrivate:
+    f = _ShareFile(path, "buyer-private", {"eigenvalues": 1, "slots": 1})
+    lam = torch.from_numpy(f.need("eigenvalues").astype(np.float64))
+    slots = torch.from_numpy(f.need("slots").astype(np.int64))
+    k = lam.shape[0]
+    real = slots[slots >= 0]
+    if bool((slots < -1).any()) or sorted(real.tolist()) != list(range(k)):
+        raise CorruptFile(f.path, "'slots' is not a valid assignment of directions to components")
+    m = f.meta
+    try:
+        return BuyerPrivate(
+            eigenvalues=lam,
+            slots=slots,
+            request_id=m["request_id"],
+            threshold=float(m["threshold"]),
+            threshold_mode=m["threshold_mode"],
+            n_rows=int(m["n_rows"]),
+            n_features=int(m["n_features"]),
+            scaling=m.get("scaling", "own"),
+            constant_columns=[int(c) for c in m.get("constant_columns", [])],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptFile(f.path, f"incomplete metadata ({exc})") from None
+
+
+def read_seller_share(path: str | Path) -> SellerShare:
+    f = _ShareFile(path, "seller", {"lam_hat": 1})
+    lam_hat = torch.from_numpy(f.need("lam_hat").astype(np.float64))
+    if bool((lam_hat < 0).any()):
+        raise ArrayShapeError(f.path, "λ̂ values must be non-negative", location="array 'lam_hat'")
+    try:
+        n_rows = int(f.meta["n_rows"])
+    except (KeyError, TypeError, ValueError):
+        raise CorruptFile(f.path, "metadata lacks the row count") from None
+    return SellerShare(request_id=f.meta["request_id"], lam_hat=lam_hat, n_rows=n_rows)
