@@ -85,7 +85,9 @@ def share_seller(
     req = read_request(request)
     src = open_input(data, label_column)
     if src.n_features != req.n_features:
-        raise ColumnMismatch(data, f"has {src.n_features} feature columns; the request {request} expects {req.n_features}")
+        raise ColumnMismatch(
+            data, f"has {src.n_features} feature columns; the request {request} expects {req.n_features}"
+        )
     if req.columns is not None and src.format != "npz" and src.columns != req.columns:
         raise ColumnMismatch(data, f"feature columns {src.columns} differ from the request's {req.columns}")
     reporter = ProgressReporter(progress)

@@ -78,9 +78,10 @@ def report(
         return
     table = Table(title=f"Relevance and diversity for the buyer ({private.components} of "
                   f"{private.n_features} components, α = {options.alpha:g})")
-    for col, justify in [("rank", "right"), ("seller", "left"), ("relevance R", "right"),
-                         ("diversity D", "right"), ("score", "right"), ("vendi", "right"), ("rows", "right")]:
-        table.add_column(col, justify=justify)
+    table.add_column("rank", justify="right")
+    table.add_column("seller", overflow="fold")
+    for col in ("relevance R", "diversity D", "score", "vendi", "rows"):
+        table.add_column(col, justify="right", no_wrap=True)
     for e in sorted(entries, key=lambda e: e["rank"]):
         vendi = "—" if e["vendi_score"] is None else f"{e['vendi_score']:.2f}"
         table.add_row(str(e["rank"]), e["seller"], f"{e['relevance']:.4f}", f"{e['diversity']:.4f}",

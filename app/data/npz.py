@@ -8,6 +8,7 @@ sizes against our caps, and read a large 2-D array a block of rows at a time.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from app.data.errors import ArrayShapeError, CorruptFile, PickleRefused, ZipBomb
 from app.data.limits import ReadLimits, check_file
 
 NUMERIC_KINDS = "biuf"
+# What reading a damaged member can raise: bad CRC or headers, broken deflate data (zlib.error), an unsupported
+# compression method (NotImplementedError), an encrypted member (RuntimeError).
+ZIP_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class NpzArchive:
                 else:
                     raise CorruptFile(self.path, f"unsupported .npy format version {version}", location=where)
                 header_len = fh.tell()
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        except (ValueError, *ZIP_READ_ERRORS) as exc:
             raise CorruptFile(self.path, f"not a valid .npy array ({exc})", location=where) from None
         if dtype.hasobject:
             raise PickleRefused(
@@ -134,12 +138,20 @@ class NpzArchive:
             np.lib.format.read_array_header_2_0(fh)
         return fh
 
-    def _read_exact(self, fh, nbytes: int, name: str) -> bytes:
+    def _read_exact(self, fh, nbytes: int, name: str) -> bytearray:
+        """Read exactly ``nbytes`` into a fresh writable buffer (so arrays over it are writable too)."""
+        buf = bytearray(nbytes)
+        view = memoryview(buf)
+        got = 0
         try:
-            buf = fh.read(nbytes)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            while got < nbytes:
+                n = fh.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        except ZIP_READ_ERRORS as exc:
             raise CorruptFile(self.path, f"damaged archive data ({exc})", location=f"array {name!r}") from None
-        if len(buf) != nbytes:
+        if got != nbytes:
             raise CorruptFile(self.path, "array data is truncated", location=f"array {name!r}")
         return buf
 

@@ -21,8 +21,8 @@ hosted mode (one machine) run exactly the same code:
 
 Numerics: ratios are clamped at 1e-12 from below before the logarithm. A difference
 :math:`|\lambda_i - \hat\lambda_i|` at or below ``NOISE_FLOOR``·λ₁ is rounding of the eigen-solver
-(float64 eigendecomposition is accurate to about 1e-16·‖Σ‖), so that factor of D is exactly zero and D = 0:
-identical data gives D = 0 and R = 1 exactly.
+(float64 eigendecomposition is accurate to about 1e-16·‖Σ‖), so λ̂ᵢ is taken to equal λᵢ there: that factor of
+D is exactly zero, and identical data gives D = 0 and R = 1 exactly.
 """
 
 from __future__ import annotations
@@ -259,9 +259,10 @@ def scores_from_spectra(
         if w.shape != (k,) or bool((w < 0).any()) or float(w.sum()) <= 0:
             raise ValuationError(f"weights must be {k} non-negative numbers with a positive sum")
         w = w / w.sum()
+    # Differences at the eigen-solver's rounding level are no differences: λ̂ is taken to equal λ there.
+    lam_hat = torch.where((lam - lam_hat).abs() <= NOISE_FLOOR * lam.max(), lam, lam_hat)
     top = torch.maximum(lam, lam_hat)
     diff = (lam - lam_hat).abs()
-    diff = torch.where(diff <= NOISE_FLOOR * lam.max(), torch.zeros_like(diff), diff)
     relevance = geometric_mean(torch.minimum(lam, lam_hat) / top, w)
     diversity = geometric_mean(diff / top, w)
     return RelevanceDiversity(relevance, diversity, k, w.tolist())

@@ -1,0 +1,33 @@
+# Fresh machine: `make run` (set up, then value the example sellers) and `make test` (set up, then test).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint bench clean
+
+$(BIN)/appraise: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch first (from local disk where available), so the range in pyproject is met by it.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/appraise
+
+setup: $(BIN)/appraise
+
+run: setup
+	$(BIN)/python examples/make_breast_cancer.py examples/data
+	$(BIN)/appraise value relevance-diversity --buyer examples/data/buyer.csv \
+		--seller examples/data/seller_like.csv --seller examples/data/seller_malignant.csv \
+		--seller examples/data/seller_noise.csv --relative-threshold --threshold 0.05
+
+lint: setup
+	$(BIN)/ruff check app tests bench examples
+
+test: setup lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/relevance_diversity.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info examples/data

@@ -1,0 +1,38 @@
+"""Deployment files: the compose file is valid, the Dockerfile installs what pyproject declares."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose_command() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_compose_file_is_valid():
+    cmd = compose_command()
+    if cmd is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must have `docker compose` or docker-compose (.ci/run installs it)")
+        pytest.skip("no docker compose client on this machine")
+    proc = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_dockerfile_installs_the_package_and_runs_the_cli():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "pip install ." in text
+    assert 'ENTRYPOINT ["appraise"]' in text
+    assert "USER appraise" in text  # never run as root in the container
