@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench peers clean
 
 $(BIN)/appraise: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,12 @@ test: setup lint
 bench: setup
 	$(BIN)/python bench/relevance_diversity.py
 
+# pyDVL and friends for the side-by-side benchmarks, in their own venv (pyDVL pins numpy<2).
+peers: .venv-peers/bin/python
+.venv-peers/bin/python: bench/peers/requirements.txt
+	$(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install --quiet -r bench/peers/requirements.txt
+	touch .venv-peers/bin/python
+
 clean:
-	rm -rf $(VENV) build *.egg-info examples/data
+	rm -rf $(VENV) .venv-peers build *.egg-info examples/data

@@ -231,3 +231,15 @@ def test_readme_example_ordering(tmp_path, capsys):
     assert noise["relevance"] < min(like["relevance"], malignant["relevance"])
     assert like["relevance"] > 0.9
     assert like["relevance"] > malignant["relevance"]
+
+
+def test_progress_bars_go_to_stderr_and_leave_stdout_clean(tables, tmp_path):
+    buyer, like, _ = tables
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "value", "relevance-diversity", "--buyer", str(buyer), "--seller",
+         str(like), "--json", "--progress"],
+        capture_output=True, text=True, env={**os.environ, "APPRAISE_PROGRESS_MIN_BYTES": "0"}, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["method"] == "relevance-diversity"  # exactly one JSON object on stdout
+    assert "pass 1" in proc.stderr or "%" in proc.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,16 +57,16 @@ def open_input(path: Path, label_column: str | None = None, min_rows: int = 2) -
 
 
 class ProgressReporter:
-    """Progress bars on stderr for passes over large files; silent for small ones or when disabled."""
+    """Progress for passes over large files, on stderr: live bars on a terminal, else a line per 10%."""
 
     def __init__(self, enabled: bool | None = None) -> None:
-        # By default, bars only when a person is watching stderr.
+        # By default, only when a person is watching stderr.
         self.enabled = stderr.is_terminal if enabled is None else enabled
         self._progress: Progress | None = None
 
     @contextmanager
     def running(self) -> Iterator[ProgressReporter]:
-        if not self.enabled:
+        if not (self.enabled and stderr.is_terminal):
             yield self
             return
         self._progress = Progress(
@@ -83,27 +83,49 @@ class ProgressReporter:
         self._progress = None
 
     def blocks(self, source: TableSource, label: str) -> Blocks:
-        """A re-iterable block source over ``source``; each pass gets its own bar for large files."""
+        """A re-iterable block source over ``source``, reporting each pass over a large file."""
         settings = get_settings()
         passes = 0
 
         def run() -> Iterator[np.ndarray]:
             nonlocal passes
             passes += 1
-            show = self._progress is not None and source.file_bytes >= settings.progress_min_bytes
-            task = (
-                self._progress.add_task(f"{label} {source.path.name} (pass {passes})", total=1.0)
-                if show
-                else None
-            )
+            description = f"{label} {source.path.name} (pass {passes})"
+            show = self.enabled and source.file_bytes >= settings.progress_min_bytes
+            update = self._bar(description) if show and self._progress else self._lines(description) if show else None
             for chunk in source.chunks(settings.chunk_rows):
-                if task is not None:
-                    self._progress.update(task, completed=chunk.progress)
+                if update is not None:
+                    update(chunk.progress)
                 yield chunk.x
-            if task is not None:
-                self._progress.remove_task(task)
+            if update is not None:
+                update(None)
 
         return run
+
+    def _bar(self, description: str) -> Callable[[float | None], None]:
+        progress = self._progress
+        task = progress.add_task(description, total=1.0)
+
+        def update(done: float | None) -> None:
+            if done is None:
+                progress.remove_task(task)
+            else:
+                progress.update(task, completed=done)
+
+        return update
+
+    @staticmethod
+    def _lines(description: str) -> Callable[[float | None], None]:
+        last = -1
+
+        def update(done: float | None) -> None:
+            nonlocal last
+            tenth = 10 if done is None else int(done * 10)
+            if tenth > last:
+                last = tenth
+                stderr.print(f"{description}: {tenth * 10}%", highlight=False)
+
+        return update
 
 
 def comma_floats(text: str, option: str) -> list[float]:

@@ -42,8 +42,8 @@ class RecordBlock:
     progress: float  # fraction of the file's bytes consumed so far
 
 
-def read_header(path: Path) -> list[str]:
-    """Column names from the first record of ``path``, checked for emptiness and duplicates."""
+def _header_cells(path: Path) -> list[str]:
+    """The fields of the first record of ``path`` exactly as written (pyarrow names its columns by these)."""
     with open(path, "rb") as fh:
         probe = fh.read(HEADER_PROBE_BYTES)
     if probe.startswith(UTF8_BOM):
@@ -53,11 +53,16 @@ def read_header(path: Path) -> list[str]:
     try:
         text = first.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EncodingError(path, f"header is not valid UTF-8 (byte {exc.start})", location="row 0") from None
+        raise EncodingError(path, f"header is not valid UTF-8 (byte {exc.start})", location="header") from None
     if not text.strip():
         raise EmptyFile(path, "no header row (the first line is empty)")
-    header = next(csv.reader(io.StringIO(text)))
-    names = [h.strip() for h in header]
+    return next(csv.reader(io.StringIO(text)))
+
+
+def read_header(path: Path) -> list[str]:
+    """Column names from the first record of ``path`` (surrounding spaces dropped), checked for emptiness and
+    duplicates."""
+    names = [h.strip() for h in _header_cells(path)]
     seen: set[str] = set()
     for i, name in enumerate(names):
         if not name:
@@ -79,7 +84,12 @@ def iter_csv(
     Empty numeric cells and missing text cells raise :class:`MissingValue`; "nan"/"inf" stay NaN/inf for
     the caller's finiteness check (so the message can say which it was).
     """
-    types = {name: (pa.float64() if name in numeric else pa.string()) for name in header}
+    # pyarrow names columns by the header as written; ``header`` has the names stripped of spaces.
+    raw_names = _header_cells(path)
+    types = {
+        raw: (pa.float64() if name in numeric else pa.string())
+        for raw, name in zip(raw_names, header, strict=True)
+    }
     convert = pcsv.ConvertOptions(
         column_types=types,
         null_values=[""],
@@ -95,7 +105,7 @@ def iter_csv(
             reader = pcsv.open_csv(source, read_options=read, convert_options=convert)
         except pa.ArrowInvalid as exc:
             raise _locate_problem(path, header, numeric, exc) from None
-        if [f.name.strip() for f in reader.schema] != header:
+        if reader.schema.names != raw_names:
             raise CorruptFile(path, "header could not be parsed consistently (check quoting)", location="header")
         while True:
             try:
@@ -104,6 +114,8 @@ def iter_csv(
                 break
             except pa.ArrowInvalid as exc:
                 raise _locate_problem(path, header, numeric, exc) from None
+            if raw_names != header:
+                batch = pa.RecordBatch.from_arrays(batch.columns, names=header)
             check_nulls(path, batch, start_row)
             yield RecordBlock(batch, start_row, min(source.tell() / size, 1.0))
             start_row += batch.num_rows
@@ -121,9 +133,9 @@ def check_nulls(path: Path, batch: pa.RecordBatch, start_row: int) -> None:
 
 
 def _is_number(cell: str) -> bool:
-    # Mirror pyarrow's float parser closely enough: Python's float() also takes "1_000" and surrounding
-    # whitespace, which pyarrow rejects.
-    if "_" in cell:
+    # Mirror pyarrow's float parser closely enough: Python's float() also takes "1_000"
+    # and digits or spaces from other scripts ("١٢", "1\xa0").
+    if "_" in cell or not cell.isascii():
         return False
     try:
         float(cell)
@@ -165,13 +177,20 @@ def _locate_problem(path: Path, header: list[str], numeric: set[str], cause: Exc
                         path, f"has {len(record)} fields; the header has {len(header)}", location=where
                     )
                 for name, cell in zip(header, record, strict=True):
-                    if name in numeric and cell != "" and not _is_number(cell):
+                    if name in numeric and cell == "":
+                        # Unquoted empty cells are pyarrow nulls; a quoted "" is a conversion error instead.
+                        return MissingValue(path, "empty cell", location=f"{where}, column {name!r}")
+                    if name in numeric and not _is_number(cell):
                         shown = cell if len(cell) <= 40 else cell[:37] + "..."
                         return NonNumericValue(
                             path, f"{shown!r} is not a number", location=f"{where}, column {name!r}"
                         )
         except _BadBytes as bad:
-            return EncodingError(path, f"invalid UTF-8 byte 0x{bad.byte:02x}", location=f"line {bad.line}")
+            return EncodingError(
+                path, f"invalid UTF-8 byte 0x{bad.byte:02x}", location=f"row {row + 1} (line {bad.line})"
+            )
         except csv.Error as exc:
             return CorruptFile(path, f"malformed CSV ({exc})", location=f"row {row + 1}")
+    if row == 0:
+        return EmptyFile(path, "no data rows")
     return CorruptFile(path, f"cannot be parsed as CSV ({cause})")

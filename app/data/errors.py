@@ -134,6 +134,20 @@ class UnknownNode(DataError):
     title = "Edge refers to an unknown node id"
 
 
+class DuplicateNode(DataError):
+    """nodes.csv lists the same node id twice."""
+
+    code = "duplicate-node"
+    title = "Node id appears more than once"
+
+
+class BadEdgeWeight(DataError):
+    """An edge weight that is zero, negative or not finite."""
+
+    code = "bad-edge-weight"
+    title = "Edge weight is not positive"
+
+
 class BadBatch(DataError):
     code = "bad-batch"
     title = "Invalid graph collection batch vector"

@@ -164,10 +164,19 @@ class NpzArchive:
         return np.frombuffer(buf, dtype=h.dtype).reshape(h.shape, order=order).copy(order="C")
 
     def iter_rows(self, name: str, chunk_rows: int) -> Iterator[np.ndarray]:
-        """Yield consecutive blocks of rows of a C-ordered array without inflating the rest."""
+        """Yield consecutive blocks of at most ``chunk_rows`` rows; a C-ordered array is inflated block by block.
+
+        A Fortran-ordered array has no contiguous rows to stream: it is read whole, then cut into the same
+        blocks, so that ``x`` and ``y`` blocks always line up.
+        """
         h = self.headers[name]
         if h.fortran_order or len(h.shape) == 0:
-            yield self.read(name)
+            whole = self.read(name)
+            if whole.ndim == 0:
+                yield whole
+                return
+            for start in range(0, whole.shape[0], chunk_rows):
+                yield whole[start : start + chunk_rows]
             return
         n = h.shape[0]
         row_bytes = h.nbytes // n if n else 0

@@ -19,7 +19,10 @@ def open_parquet(path: Path, limits: ReadLimits) -> pq.ParquetFile:
     except (pa.ArrowException, OSError) as exc:
         raise CorruptFile(path, f"not a valid Parquet file ({exc})") from None
     meta = pf.metadata
-    expanded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    # Row groups record their size after dictionary/run-length encoding, which a column of one repeated value
+    # shrinks to nothing; every cell becomes at least a float64 once read, so count that too.
+    encoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    expanded = max(encoded, meta.num_rows * meta.num_columns * 8)
     if expanded > limits.max_expanded_bytes:
         raise ZipBomb(path, f"expands to {expanded:,} bytes; the limit is {limits.max_expanded_bytes:,}")
     names = pf.schema_arrow.names
@@ -31,15 +34,32 @@ def open_parquet(path: Path, limits: ReadLimits) -> pq.ParquetFile:
     return pf
 
 
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
 def require_numeric_columns(path: Path, pf: pq.ParquetFile, columns: list[str]) -> None:
     schema = pf.schema_arrow
     for name in columns:
         t = schema.field(name).type
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-                or pa.types.is_decimal(t)):
+        if not _is_numeric(t):
             raise NonNumericValue(
                 path, f"has type {t}; feature columns must be numeric", location=f"column {name!r}"
             )
+
+
+def require_label_column(path: Path, pf: pq.ParquetFile, name: str) -> None:
+    """Labels are numbers or text (plain or dictionary-encoded), never lists, structs or dates."""
+    t = pf.schema_arrow.field(name).type
+    value_type = t.value_type if pa.types.is_dictionary(t) else t
+    if not (_is_numeric(value_type) or _is_text(value_type)):
+        raise ColumnError(
+            path, f"label column has type {t}; labels must be numbers or text", location=f"column {name!r}"
+        )
 
 
 def iter_parquet(path: Path, pf: pq.ParquetFile, columns: list[str], batch_rows: int) -> Iterator[RecordBlock]:

@@ -29,7 +29,7 @@ from app.data.errors import (
 )
 from app.data.limits import ReadLimits, check_file
 from app.data.npz import NpzArchive
-from app.data.parquet_reader import iter_parquet, open_parquet, require_numeric_columns
+from app.data.parquet_reader import iter_parquet, open_parquet, require_label_column, require_numeric_columns
 
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_CHUNK_ROWS = 65_536
@@ -39,7 +39,7 @@ TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
 @dataclass(frozen=True)
 class TableChunk:
     x: np.ndarray  # (rows, d) float64, finite
-    y: np.ndarray | None  # (rows,) labels: float64 if every label is numeric, else str
+    y: np.ndarray | None  # (rows,) labels: float64 if every label in the block is numeric, else str
     start_row: int  # 0-based index of the first row in the file
     progress: float  # fraction of the file read so far, 0..1
 
@@ -51,7 +51,7 @@ class Table:
     path: Path
     columns: list[str]
     x: np.ndarray
-    y: np.ndarray | None
+    y: np.ndarray | None  # float64 if every label in the file is numeric, else str
 
 
 class TableSource:
@@ -87,7 +87,8 @@ class TableSource:
             )
         self._file_columns = all_columns
         if label_column is not None and label_column not in all_columns:
-            raise ColumnError(self.path, f"label column {label_column!r} not found", location="header")
+            where = "schema" if self.format == "parquet" else "header"
+            raise ColumnError(self.path, f"label column {label_column!r} not found", location=where)
         if label_column is None and DEFAULT_LABEL_COLUMN in all_columns:
             label_column = DEFAULT_LABEL_COLUMN
         self.label_column = label_column
@@ -96,6 +97,8 @@ class TableSource:
             raise EmptyFile(self.path, "no feature columns")
         if self.format == "parquet":
             require_numeric_columns(self.path, self._parquet, self.columns)
+            if label_column is not None:
+                require_label_column(self.path, self._parquet, label_column)
             self.n_rows: int | None = self._parquet.metadata.num_rows
         else:
             self.n_rows = None
@@ -135,9 +138,18 @@ class TableSource:
         return self.label_column is not None
 
     def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[TableChunk]:
-        """Yield validated blocks of rows. Raises a :class:`DataError` at the first bad cell."""
+        """Yield validated blocks of rows. Raises a :class:`DataError` at the first bad cell.
+
+        Text labels are turned into numbers block by block (a block whose labels all parse is float64);
+        :meth:`read` decides over the whole file instead.
+        """
+        return self._chunks(chunk_rows, parse_labels=True)
+
+    def _chunks(self, chunk_rows: int, parse_labels: bool) -> Iterator[TableChunk]:
         rows = 0
-        source = self._npz_chunks(chunk_rows) if self.format == "npz" else self._arrow_chunks(chunk_rows)
+        source = (
+            self._npz_chunks(chunk_rows) if self.format == "npz" else self._arrow_chunks(chunk_rows, parse_labels)
+        )
         for chunk in source:
             _check_finite(self.path, chunk.x, chunk.start_row, self.columns)
             rows += chunk.x.shape[0]
@@ -147,16 +159,16 @@ class TableSource:
         if rows < self.min_rows:
             raise TooFewRows(self.path, f"has {rows} rows; at least {self.min_rows} are needed")
 
-    def _arrow_chunks(self, chunk_rows: int) -> Iterator[TableChunk]:
+    def _arrow_chunks(self, chunk_rows: int, parse_labels: bool) -> Iterator[TableChunk]:
         if self.format == "csv":
             blocks = iter_csv(self.path, self._file_columns, set(self.columns))
         else:
             wanted = list(self.columns) + ([self.label_column] if self.label_column else [])
             blocks = iter_parquet(self.path, self._parquet, wanted, chunk_rows)
         for block in blocks:
-            yield from _split(self._to_chunk(block), chunk_rows)
+            yield from _split(self._to_chunk(block, parse_labels), chunk_rows)
 
-    def _to_chunk(self, block: RecordBlock) -> TableChunk:
+    def _to_chunk(self, block: RecordBlock, parse_labels: bool) -> TableChunk:
         b = block.batch
         x = np.empty((b.num_rows, len(self.columns)), dtype=np.float64)
         for j, name in enumerate(self.columns):
@@ -164,7 +176,7 @@ class TableSource:
             if not pa.types.is_floating(col.type):
                 col = col.cast(pa.float64())
             x[:, j] = col.to_numpy(zero_copy_only=False)
-        y = _labels(b.column(self.label_column)) if self.label_column else None
+        y = _labels(b.column(self.label_column), parse_labels) if self.label_column else None
         return TableChunk(x, y, block.start_row, block.progress)
 
     def _npz_chunks(self, chunk_rows: int) -> Iterator[TableChunk]:
@@ -186,12 +198,14 @@ class TableSource:
     def read(self) -> Table:
         """Read every row into memory (validated)."""
         xs, ys = [], []
-        for chunk in self.chunks():
+        # Text labels stay text until every block is in: one block of "1", "2" and a later one with "cat"
+        # must give the same labels as a file read in one block.
+        for chunk in self._chunks(DEFAULT_CHUNK_ROWS, parse_labels=False):
             xs.append(chunk.x)
             if chunk.y is not None:
                 ys.append(chunk.y)
         x = np.concatenate(xs) if xs else np.empty((0, self.n_features))
-        y = np.concatenate(ys) if ys else None
+        y = _numbers_if_all_parse(np.concatenate(ys)) if ys else None
         return Table(self.path, list(self.columns), x, y)
 
 
@@ -208,16 +222,22 @@ def _split(chunk: TableChunk, chunk_rows: int) -> Iterator[TableChunk]:
         )
 
 
-def _labels(column: pa.Array) -> np.ndarray:
+def _labels(column: pa.Array, parse: bool = True) -> np.ndarray:
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(pa.string())
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         values = column.to_numpy(zero_copy_only=False).astype(str)
-        try:
-            return values.astype(np.float64)
-        except ValueError:
-            return values
-    if pa.types.is_dictionary(column.type):
-        return column.cast(pa.string()).to_numpy(zero_copy_only=False).astype(str)
+        return _numbers_if_all_parse(values) if parse else values
     return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _numbers_if_all_parse(labels: np.ndarray) -> np.ndarray:
+    if labels.dtype.kind != "U":
+        return labels
+    try:
+        return labels.astype(np.float64)
+    except ValueError:
+        return labels
 
 
 def _check_finite(path: Path, x: np.ndarray, start_row: int, columns: list[str]) -> None:
