@@ -80,11 +80,14 @@ def report(
                   f"{private.n_features} components, α = {options.alpha:g})")
     table.add_column("rank", justify="right")
     table.add_column("seller", overflow="fold")
-    for col in ("relevance R", "diversity D", "score", "vendi", "rows"):
+    for col in ("relevance", "diversity", "score", "vendi", "rows"):
         table.add_column(col, justify="right", no_wrap=True)
+    names = [Path(e["seller"]).name for e in entries]
+    short = len(set(names)) == len(names)  # file names alone when they tell the sellers apart
     for e in sorted(entries, key=lambda e: e["rank"]):
         vendi = "—" if e["vendi_score"] is None else f"{e['vendi_score']:.2f}"
-        table.add_row(str(e["rank"]), e["seller"], f"{e['relevance']:.4f}", f"{e['diversity']:.4f}",
+        shown = Path(e["seller"]).name if short else e["seller"]
+        table.add_row(str(e["rank"]), shown, f"{e['relevance']:.4f}", f"{e['diversity']:.4f}",
                       f"{e['score']:.4f}", vendi, f"{e['rows']:,}")
     stdout.print(table)
     for e in entries:
