@@ -1,0 +1,286 @@
+r"""Monte Carlo estimators: TMC-Shapley, Beta Shapley (permutation semivalue), Data Banzhaf (MSR).
+
+**Permutation walk (TMC, Beta).** A batch holds P uniform random permutations π (seeded by (seed, batch)).
+With :math:`v_0 = U(\emptyset)`, :math:`v_j = U(\{\pi_1..\pi_j\})` and :math:`v_n = U(N)` (both cached), the
+marginal of :math:`\pi_j` is :math:`v_j - v_{j-1}`. Prefix lengths 1..n−1 are evaluated with
+:meth:`Utility.prefix_values` in blocks of ``prefix_block`` lengths for all still-active permutations at once.
+
+*Truncation* (Ghorbani & Zou, tolerance relative): after :math:`v_j` is known, count the consecutive prefixes
+with :math:`|U(N) - v_j| < \text{tol}\cdot|U(N)|`; once the count exceeds ``patience`` (5) at prefix j, the
+remaining points :math:`\pi_{j+1}..\pi_n` get marginal 0 and the permutation leaves the batch (its later
+prefixes are never evaluated). ``truncation=None`` disables it; then every permutation telescopes,
+:math:`\sum_j (v_j - v_{j-1}) = U(N) - U(\emptyset)`, so the estimate satisfies efficiency exactly.
+
+*Beta(α, β)*: the marginal at position j is multiplied by the importance weight
+:math:`q(j) = \binom{n-1}{j-1} w(j)` (:func:`~app.valuation.shapley.semivalues.beta_permutation_weights`);
+q ≡ 1 for Beta(1, 1), which then runs the very same arithmetic as TMC without truncation.
+
+Each permutation gives every player exactly one sample; a batch is reduced to per-player (count, mean, M2)
+and merged into the running result (:mod:`app.valuation.shapley.results`).
+
+**MSR (Wang & Jia).** A batch draws m coalitions S (each player in w.p. ½) and evaluates :math:`U(S)` in one
+:meth:`Utility.values` call. Per player, running stats of U over coalitions containing it and over those not
+containing it: :math:`\hat\phi_i = \bar U_{\ni i} - \bar U_{\not\ni i}`, :math:`\mathrm{SE}_i^2 =
+\sigma^2_{\ni i}/c_{\ni i} + \sigma^2_{\not\ni i}/c_{\not\ni i}`; unbiased for the Banzhaf value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from app.valuation.errors import ValuationError
+from app.valuation.shapley.base import Utility
+from app.valuation.shapley.engine import (
+    CheckpointCallback,
+    ProgressCallback,
+    random_permutations,
+    random_subsets,
+    run_batches,
+    start_result,
+)
+from app.valuation.shapley.results import RunningStats, ValuationResult
+from app.valuation.shapley.semivalues import beta_permutation_weights
+from app.valuation.shapley.stopping import MaxPermutations, MaxSamples, RelativeChange, StoppingCriterion
+
+_F64 = torch.float64
+
+
+def default_permutation_stop() -> StoppingCriterion:
+    """METHODS §3's rule with a safety budget: relative change < 0.05 over 100 permutations, or 2000 done."""
+    return RelativeChange(0.05, window=100) | MaxPermutations(2000)
+
+
+def permutation_marginals(
+    utility: Utility,
+    permutations: torch.Tensor,
+    u_empty: float,
+    u_full: float,
+    *,
+    truncation: float | None = 0.01,
+    patience: int = 5,
+    prefix_block: int = 32,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int, int]:
+    """Marginals of every player in every permutation, in player order.
+
+    ``permutations``: (P, n) int64 on the utility's device. Returns ``(phi, evaluations, truncated)`` with
+    ``phi[p, i]`` the (weighted) marginal of player i in permutation p, the number of prefix utilities
+    evaluated, and the number of permutations truncated.
+    """
+    p, n = permutations.shape
+    dev = permutations.device
+    v = torch.empty((p, n + 1), dtype=_F64, device=dev)
+    v[:, 0] = u_empty
+    v[:, n] = u_full
+    active = torch.arange(p, device=dev)
+    run = torch.zeros(p, dtype=torch.int64, device=dev)  # consecutive "close to U(N)" prefixes so far
+    tol = None if truncation is None else float(truncation) * abs(u_full)
+    evaluations = truncated = 0
+    step = max(1, int(prefix_block))
+    cols = torch.arange(n + 1, device=dev)
+    for start in range(1, n, step):
+        if active.numel() == 0:
+            break
+        stop = min(start + step, n)
+        block = utility.prefix_values(permutations[active], start, stop).to(dev, _F64)  # (A, L)
+        evaluations += block.numel()
+        v[active, start:stop] = block
+        if tol is None:
+            continue
+        t = torch.arange(stop - start, device=dev)
+        close = (block - u_full).abs() < tol
+        last_far = torch.where(close, -1, t).cummax(dim=1).values  # last position not close, −1 if none
+        runs = torch.where(last_far >= 0, t - last_far, t + 1 + run[:, None])
+        trig = runs > patience
+        hit = trig.any(dim=1)
+        if bool(hit.any()):
+            rows = active[hit]
+            j = start + trig[hit].to(torch.int8).argmax(dim=1)  # prefix length at which truncation fires
+            vr = v[rows]
+            v[rows] = torch.where(cols[None, :] > j[:, None], vr.gather(1, j[:, None]), vr)
+            truncated += int(rows.numel())
+        keep = ~hit
+        active, run = active[keep], runs[keep, -1]
+    marg = v.diff(dim=1)  # (P, n), position order; 0 after truncation
+    if weights is not None:
+        marg = marg * weights.to(dev, _F64)[None, :]
+    phi = torch.zeros_like(marg).scatter_(1, permutations, marg)
+    return phi, evaluations, truncated
+
+
+def _permutation_estimator(
+    utility: Utility,
+    *,
+    estimator: str,
+    params: dict[str, Any],
+    weights: torch.Tensor | None,
+    seed: int | None,
+    batch_size: int,
+    truncation: float | None,
+    patience: int,
+    prefix_block: int,
+    stop: StoppingCriterion | None,
+    batches: Iterable[int] | None,
+    progress: ProgressCallback | None,
+    checkpoint: CheckpointCallback | None,
+    checkpoint_every: int,
+    resume_from: ValuationResult | dict[str, Any] | None,
+) -> ValuationResult:
+    if batch_size < 1:
+        raise ValuationError("batch_size must be >= 1")
+    if truncation is not None and not truncation >= 0:
+        raise ValuationError("truncation tolerance must be >= 0 (or None to disable)")
+    result = start_result(utility, estimator=estimator, seed=seed, params=params, resume_from=resume_from)
+    n, dev, run_seed = result.n_players, utility.device, int(result.seed)  # type: ignore[arg-type]
+
+    def one_batch(b: int) -> ValuationResult:
+        perms = random_permutations(run_seed, b, batch_size, n, dev)
+        phi, evaluations, truncated = permutation_marginals(
+            utility, perms, result.u_empty, result.u_full,  # type: ignore[arg-type]
+            truncation=truncation, patience=patience, prefix_block=prefix_block, weights=weights,
+        )
+        part = ValuationResult(n, estimator=estimator, seed=run_seed, device=dev)
+        part.stats = RunningStats.of_dense(phi)
+        part.batches = {b}
+        part.permutations_done = batch_size
+        part.utility_evaluations = evaluations
+        part.truncated = truncated
+        return part
+
+    if stop is None and batches is None:
+        stop = default_permutation_stop()
+    return run_batches(result, utility, one_batch, stop=stop, batches=batches, progress=progress,
+                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+
+
+def tmc_shapley(
+    utility: Utility,
+    *,
+    seed: int | None = None,
+    batch_size: int = 64,
+    stop: StoppingCriterion | None = None,
+    truncation: float | None = 0.01,
+    patience: int = 5,
+    prefix_block: int = 32,
+    batches: Iterable[int] | None = None,
+    progress: ProgressCallback | None = None,
+    checkpoint: CheckpointCallback | None = None,
+    checkpoint_every: int = 1,
+    resume_from: ValuationResult | dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
+) -> ValuationResult:
+    r"""Truncated Monte Carlo Shapley (Ghorbani & Zou): mean marginal contribution over random permutations.
+
+    :math:`\hat\phi_i = \frac1P \sum_{p} \big(v^{(p)}_{j} - v^{(p)}_{j-1}\big)` with j the position of i in
+    permutation p (see the module docstring for the prefix walk and the truncation rule).
+
+    - ``seed``: the run's seed (random 63-bit if None, recorded in the result); batch b uses (seed, b) only.
+    - ``batch_size``: permutations per batch (P). ``prefix_block``: prefix lengths per ``prefix_values`` call.
+    - ``truncation``: relative tolerance (default 0.01), ``None`` for none; ``patience``: consecutive close
+      prefixes needed (truncation fires when the count exceeds it; default 5).
+    - ``stop``: a :mod:`~app.valuation.shapley.stopping` criterion; default
+      ``RelativeChange(0.05, 100) | MaxPermutations(2000)``, or none when ``batches`` is given.
+    - ``batches``: explicit batch indices to run (a worker's shard); merge shards with
+      :meth:`ValuationResult.merge`.
+    - ``progress(result, Progress)`` after each batch; ``checkpoint(dict)`` every ``checkpoint_every`` batches
+      and at the end; ``resume_from``: such a dict (or result) to continue from, bit-identically.
+    - ``record``: extra JSON-able entries for ``result.params`` (e.g. the utility's model and metric); they are
+      checked on resume like the estimator's own parameters.
+    """
+    params = {**(record or {}), "batch_size": int(batch_size),
+              "truncation": None if truncation is None else float(truncation),
+              "patience": int(patience), "prefix_block": int(prefix_block)}
+    return _permutation_estimator(
+        utility, estimator="tmc_shapley", params=params, weights=None, seed=seed, batch_size=batch_size,
+        truncation=truncation, patience=patience, prefix_block=prefix_block, stop=stop, batches=batches,
+        progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume_from=resume_from,
+    )
+
+
+def beta_shapley(
+    utility: Utility,
+    alpha: float = 16.0,
+    beta: float = 1.0,
+    *,
+    seed: int | None = None,
+    batch_size: int = 64,
+    stop: StoppingCriterion | None = None,
+    truncation: float | None = None,
+    patience: int = 5,
+    prefix_block: int = 32,
+    batches: Iterable[int] | None = None,
+    progress: ProgressCallback | None = None,
+    checkpoint: CheckpointCallback | None = None,
+    checkpoint_every: int = 1,
+    resume_from: ValuationResult | dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
+) -> ValuationResult:
+    r"""Beta(α, β) Shapley (Kwon & Zou) by permutation sampling with importance weights.
+
+    :math:`\hat\phi_i = \frac1P\sum_p q(j)\,(v^{(p)}_j - v^{(p)}_{j-1})`, j the position of i in permutation
+    p, :math:`q(j) = n\binom{n-1}{j-1}B(j+\beta-1, n-j+\alpha)/B(\alpha,\beta)`. Unbiased for the semivalue
+    with subset weight :math:`B(|T|+\beta, n-|T|-1+\alpha)/B(\alpha,\beta)` (:func:`exact_semivalue`).
+    Default Beta(16, 1); Beta(1, 1) with the same seed gives exactly :func:`tmc_shapley`'s numbers without
+    truncation. Truncation is off by default (it biases the weighted estimate); other arguments (``record``
+    included) as in :func:`tmc_shapley`.
+    """
+    n = int(utility.n_players)
+    weights = beta_permutation_weights(max(n, 1), alpha, beta)
+    params = {**(record or {}), "alpha": float(alpha), "beta": float(beta), "batch_size": int(batch_size),
+              "truncation": None if truncation is None else float(truncation), "patience": int(patience),
+              "prefix_block": int(prefix_block)}
+    return _permutation_estimator(
+        utility, estimator="beta_shapley", params=params, weights=weights, seed=seed, batch_size=batch_size,
+        truncation=truncation, patience=patience, prefix_block=prefix_block, stop=stop, batches=batches,
+        progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume_from=resume_from,
+    )
+
+
+def banzhaf_msr(
+    utility: Utility,
+    n_samples: int | None = None,
+    *,
+    seed: int | None = None,
+    batch_size: int = 256,
+    stop: StoppingCriterion | None = None,
+    batches: Iterable[int] | None = None,
+    progress: ProgressCallback | None = None,
+    checkpoint: CheckpointCallback | None = None,
+    checkpoint_every: int = 1,
+    resume_from: ValuationResult | dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
+) -> ValuationResult:
+    r"""Data Banzhaf by Maximum Sample Reuse (Wang & Jia).
+
+    Draws coalitions S with each player in independently w.p. ½, ``batch_size`` per batch (one
+    :meth:`Utility.values` call), and estimates :math:`\phi_i = \bar U_{S\ni i} - \bar U_{S\not\ni i}` with
+    :math:`\mathrm{SE}_i^2 = \sigma^2_{\ni i}/c_{\ni i} + \sigma^2_{\not\ni i}/c_{\not\ni i}`.
+    Stops after ``n_samples`` coalitions (whole batches) or when ``stop`` says so, whichever first; give at
+    least one of them (or ``batches``). Other arguments (``record`` included) as in :func:`tmc_shapley`.
+    """
+    if batch_size < 1:
+        raise ValuationError("batch_size must be >= 1")
+    if n_samples is not None:
+        stop = MaxSamples(n_samples) if stop is None else MaxSamples(n_samples) | stop
+    if stop is None and batches is None:
+        raise ValuationError("banzhaf_msr needs n_samples, a stopping criterion, or explicit batches")
+    params = {**(record or {}), "batch_size": int(batch_size)}
+    result = start_result(utility, estimator="banzhaf_msr", seed=seed, params=params, paired=True,
+                          resume_from=resume_from)
+    n, dev, run_seed = result.n_players, utility.device, int(result.seed)  # type: ignore[arg-type]
+
+    def one_batch(b: int) -> ValuationResult:
+        masks = random_subsets(run_seed, b, batch_size, n, dev)
+        u = utility.values(masks).to(dev, _F64)
+        part = ValuationResult(n, estimator="banzhaf_msr", seed=run_seed, paired=True, device=dev)
+        part.update_subsets(masks, u)
+        part.batches = {b}
+        part.samples_done = batch_size
+        part.utility_evaluations = batch_size
+        return part
+
+    return run_batches(result, utility, one_batch, stop=stop, batches=batches, progress=progress,
+                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
