@@ -12,10 +12,16 @@ from app.data.csv_reader import RecordBlock, check_nulls
 from app.data.errors import ColumnError, CorruptFile, NonNumericValue, ZipBomb
 from app.data.limits import ReadLimits
 
+# Memory: pyarrow's default reader pre-buffers whole column chunks and reads ahead across row groups, so its
+# footprint grows with the row-group size (a 1M-row group of 256 float64 columns is 2 GB). A buffered stream,
+# one row group at a time and modest batches keep it to tens of MB whatever the file's layout.
+STREAM_BUFFER_BYTES = 256 * 1024
+READ_BATCH_ROWS = 16_384
+
 
 def open_parquet(path: Path, limits: ReadLimits) -> pq.ParquetFile:
     try:
-        pf = pq.ParquetFile(str(path))
+        pf = pq.ParquetFile(str(path), pre_buffer=False, buffer_size=STREAM_BUFFER_BYTES)
     except (pa.ArrowException, OSError) as exc:
         raise CorruptFile(path, f"not a valid Parquet file ({exc})") from None
     meta = pf.metadata
@@ -66,9 +72,12 @@ def iter_parquet(path: Path, pf: pq.ParquetFile, columns: list[str], batch_rows:
     total = max(pf.metadata.num_rows, 1)
     start = 0
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=True):
-            check_nulls(path, batch, start)
-            start += batch.num_rows
-            yield RecordBlock(batch, start - batch.num_rows, start / total)
+        for group in range(pf.num_row_groups):
+            batches = pf.iter_batches(batch_size=min(batch_rows, READ_BATCH_ROWS), row_groups=[group],
+                                      columns=columns, use_threads=True)
+            for batch in batches:
+                check_nulls(path, batch, start)
+                start += batch.num_rows
+                yield RecordBlock(batch, start - batch.num_rows, start / total)
     except (pa.ArrowException, OSError) as exc:
         raise CorruptFile(path, f"damaged Parquet data ({exc})", location=f"near row {start + 1}") from None

@@ -170,12 +170,15 @@ class TableSource:
 
     def _to_chunk(self, block: RecordBlock, parse_labels: bool) -> TableChunk:
         b = block.batch
-        x = np.empty((b.num_rows, len(self.columns)), dtype=np.float64)
+        # Columns are contiguous in Arrow: stack them as rows of a (d, rows) array (contiguous copies) and
+        # hand out its transpose, a Fortran-ordered (rows, d) view; numpy and torch take either layout.
+        xt = np.empty((len(self.columns), b.num_rows), dtype=np.float64)
         for j, name in enumerate(self.columns):
             col = b.column(name)
-            if not pa.types.is_floating(col.type):
+            if not pa.types.is_float64(col.type):
                 col = col.cast(pa.float64())
-            x[:, j] = col.to_numpy(zero_copy_only=False)
+            xt[j] = col.to_numpy(zero_copy_only=False)
+        x = xt.T
         y = _labels(b.column(self.label_column), parse_labels) if self.label_column else None
         return TableChunk(x, y, block.start_row, block.progress)
 
@@ -204,7 +207,7 @@ class TableSource:
             xs.append(chunk.x)
             if chunk.y is not None:
                 ys.append(chunk.y)
-        x = np.concatenate(xs) if xs else np.empty((0, self.n_features))
+        x = np.ascontiguousarray(np.concatenate(xs)) if xs else np.empty((0, self.n_features))
         y = _numbers_if_all_parse(np.concatenate(ys)) if ys else None
         return Table(self.path, list(self.columns), x, y)
 
