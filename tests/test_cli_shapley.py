@@ -1,0 +1,113 @@
+"""`appraise value data-shapley | knn-shapley | seller-shapley`: the JSON contract and the numbers behind it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from app.cli import EXIT_USER_ERROR
+from app.valuation.shapley.knn import knn_shapley
+from tests.test_cli import run
+
+
+def labelled(path, n, seed, flip=0.0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)) + shift
+    y = (x[:, 0] + 0.5 * x[:, 1] > shift).astype(int)
+    flips = rng.random(n) < flip
+    y[flips] = 1 - y[flips]
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    frame["label"] = y
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    return (
+        labelled(tmp_path / "valid.csv", 80, 0),
+        labelled(tmp_path / "s1.csv", 6, 1),
+        labelled(tmp_path / "s2.csv", 5, 2, flip=0.4),
+        labelled(tmp_path / "base.csv", 10, 3),
+    )
+
+
+def test_data_shapley_exact_json_is_efficient_and_split_per_seller(files, capsys):
+    valid, s1, s2, _ = files
+    code, out, err = run(["value", "data-shapley", "--buyer", str(valid), "--seller", str(s1), "--seller", str(s2),
+                          "--estimator", "exact", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["method"] == "data-shapley"
+    assert [s["seller"] for s in result["sellers"]] == [str(s1), str(s2)]
+    assert [len(s["values"]) for s in result["sellers"]] == [6, 5]
+    assert result["utility"]["model"] == "logistic" and result["utility"]["metric"] == "accuracy"
+    total = sum(sum(s["values"]) for s in result["sellers"])
+    assert total == pytest.approx(result["u_full"] - result["u_empty"], abs=1e-9)  # efficiency
+    assert result["u_empty"] == pytest.approx(max(np.mean(pd.read_csv(valid)["label"]),
+                                                  1 - np.mean(pd.read_csv(valid)["label"])))
+
+
+def test_data_shapley_tmc_same_seed_same_values_and_out_file(files, tmp_path, capsys):
+    valid, s1, _, base = files
+    argv = ["value", "data-shapley", "--buyer", str(valid), "--seller", str(s1), "--base", str(base),
+            "--max-permutations", "40", "--seed", "3", "--json"]
+    first = json.loads(run([*argv, "--out", str(tmp_path / "v.parquet")], capsys)[1])
+    second = json.loads(run(argv, capsys)[1])
+    assert first["values"] == second["values"]  # one seller: keys repeated at the top level
+    assert len(first["stderr"]) == 6
+    assert first["seed"] == 3 and first["permutations"] >= 40
+    table = pq.read_table(tmp_path / "v.parquet").to_pydict()
+    assert table["value"] == pytest.approx(first["values"])
+    assert table["index"] == list(range(6))
+
+
+def test_knn_shapley_json_matches_the_library(files, capsys):
+    valid, s1, s2, _ = files
+    code, out, _ = run(["value", "knn-shapley", "--buyer", str(valid), "--seller", str(s1), "--seller", str(s2),
+                        "--k", "3", "--json"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    tr = pd.concat([pd.read_csv(s1), pd.read_csv(s2)])
+    va = pd.read_csv(valid)
+    expected = knn_shapley(tr[["a", "b", "c"]].to_numpy(), tr["label"].to_numpy().astype(float),
+                           va[["a", "b", "c"]].to_numpy(), va["label"].to_numpy().astype(float), 3)
+    got = result["sellers"][0]["values"] + result["sellers"][1]["values"]
+    assert got == pytest.approx(expected.tolist(), abs=1e-12)
+    assert sum(got) == pytest.approx(result["u_full"] - result["u_empty"], abs=1e-9)
+
+
+def test_seller_shapley_top_level_values_in_order(files, capsys):
+    valid, s1, s2, base = files
+    code, out, _ = run(["value", "seller-shapley", "--buyer", str(valid), "--seller", str(s1), "--seller", str(s2),
+                        "--base", str(base), "--json"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert len(result["values"]) == 2
+    assert [s["seller"] for s in result["sellers"]] == [str(s1), str(s2)]
+    assert sum(result["values"]) == pytest.approx(result["u_full"] - result["u_empty"], abs=1e-9)
+    assert result["estimator"].startswith("exact")
+
+
+def test_unlabelled_seller_is_a_clear_error(files, tmp_path, capsys):
+    valid, _, _, _ = files
+    bare = tmp_path / "bare.csv"
+    pd.read_csv(valid).drop(columns="label").to_csv(bare, index=False)
+    code, out, err = run(["value", "data-shapley", "--buyer", str(valid), "--seller", str(bare)], capsys)
+    assert code == EXIT_USER_ERROR and out == ""
+    assert "bare.csv" in err and "no labels" in err and "Traceback" not in err
+
+
+def test_bad_estimator_and_out_suffix(files, tmp_path, capsys):
+    valid, s1, _, _ = files
+    code, _, err = run(["value", "data-shapley", "--buyer", str(valid), "--seller", str(s1), "--estimator", "nope"],
+                       capsys)
+    assert code == EXIT_USER_ERROR and "--estimator" in err
+    code, _, err = run(["value", "knn-shapley", "--buyer", str(valid), "--seller", str(s1), "--out",
+                        str(tmp_path / "v.txt")], capsys)
+    assert code == EXIT_USER_ERROR and "--out" in err
+    assert not (tmp_path / "v.txt").exists()
