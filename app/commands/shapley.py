@@ -43,6 +43,9 @@ from app.valuation.shapley.utilities import ModelConfig, ModelUtility
 ESTIMATORS = ("tmc", "exact", "banzhaf", "beta")
 MODELS = ("logistic", "ridge", "mlp", "knn", "sgc")
 DEFAULT_PERMUTATIONS = 1000
+# Thousands of tiny batched fits: intra-op threads cost more than they give (measured 12-40x slower with 2
+# threads than with 1 on a 2-core machine; bench/noisy_labels.py --threads).
+THREADS_HELP = "CPU threads for model fitting (1 is fastest for small models)"
 
 
 @dataclass
@@ -242,6 +245,7 @@ def value_data_shapley(
     seed: int = typer.Option(0, help="Seed: the same seed gives the same values"),
     batch_size: int = typer.Option(64, min=1, help="Permutations (or subsets) per batch"),
     device: str = typer.Option("cpu", help="cpu or cuda:N"),
+    threads: int = typer.Option(1, min=1, help=THREADS_HELP),
     out: Path | None = typer.Option(None, "--out", help="Write per-point values to a .csv or .parquet file"),
     progress: bool | None = typer.Option(None, help="Progress on stderr (default: when a terminal)"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
@@ -253,7 +257,8 @@ def value_data_shapley(
         raise UsageProblem(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
     dev = parse_device(device)
     val, parts, base_set = _load(buyer, seller, base, label_column, model, sgc_hops)
-    config = ModelConfig(model="logistic" if model == "sgc" else model, metric=metric, k=k, seed=seed)
+    config = ModelConfig(model="logistic" if model == "sgc" else model, metric=metric, k=k, seed=seed,
+                         threads=threads)
     utility = ModelUtility(
         np.concatenate([p.x for p in parts]), _labels(parts), val.x, val.y,
         x_base=base_set.x if base_set else None, y_base=base_set.y if base_set else None,
@@ -310,6 +315,7 @@ def value_seller_shapley(
     sgc_hops: int = typer.Option(2, min=1, help="K for --model sgc"),
     seed: int = typer.Option(0, help="Seed"),
     device: str = typer.Option("cpu", help="cpu or cuda:N"),
+    threads: int = typer.Option(1, min=1, help=THREADS_HELP),
     progress: bool | None = typer.Option(None, help="Progress on stderr (default: when a terminal)"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ) -> None:
@@ -318,7 +324,8 @@ def value_seller_shapley(
         raise UsageProblem(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
     dev = parse_device(device)
     val, parts, base_set = _load(buyer, seller, base, label_column, model, sgc_hops)
-    config = ModelConfig(model="logistic" if model == "sgc" else model, metric=metric, k=k, seed=seed)
+    config = ModelConfig(model="logistic" if model == "sgc" else model, metric=metric, k=k, seed=seed,
+                         threads=threads)
     points = ModelUtility(
         np.concatenate([p.x for p in parts]), _labels(parts), val.x, val.y,
         x_base=base_set.x if base_set else None, y_base=base_set.y if base_set else None,
