@@ -83,6 +83,24 @@ def _load(buyer: Path, sellers: list[Path], base: Path | None, label_column: str
     return val, parts, base_set
 
 
+def _model_utility(buyer: Path, sellers: list[Path], base: Path | None, label_column: str | None, model: str,
+                   metric: str | None, k: int, sgc_hops: int, seed: int, threads: int,
+                   device: str) -> tuple[ModelConfig, ModelUtility, list[Labelled]]:
+    """U(T) over all sellers' points pooled (players in seller order), trained with the buyer's base set."""
+    if model not in MODELS:
+        raise UsageProblem(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
+    dev = parse_device(device)
+    val, parts, base_set = _load(buyer, sellers, base, label_column, model, sgc_hops)
+    config = ModelConfig(model="logistic" if model == "sgc" else model, metric=metric, k=k, seed=seed,
+                         threads=threads)
+    utility = ModelUtility(
+        np.concatenate([p.x for p in parts]), _labels(parts), val.x, val.y,
+        x_base=base_set.x if base_set else None, y_base=base_set.y if base_set else None,
+        config=config, device=dev,
+    )
+    return config, utility, parts
+
+
 def _labels(parts: list[Labelled]) -> np.ndarray:
     ys = [p.y for p in parts]
     if any(y.dtype.kind in "US" for y in ys):
@@ -253,17 +271,8 @@ def value_data_shapley(
     """Monte Carlo data Shapley (or Banzhaf / Beta Shapley / exact) value of every seller point."""
     if estimator not in ESTIMATORS:
         raise UsageProblem(f"--estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
-    if model not in MODELS:
-        raise UsageProblem(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
-    dev = parse_device(device)
-    val, parts, base_set = _load(buyer, seller, base, label_column, model, sgc_hops)
-    config = ModelConfig(model="logistic" if model == "sgc" else model, metric=metric, k=k, seed=seed,
-                         threads=threads)
-    utility = ModelUtility(
-        np.concatenate([p.x for p in parts]), _labels(parts), val.x, val.y,
-        x_base=base_set.x if base_set else None, y_base=base_set.y if base_set else None,
-        config=config, device=dev,
-    )
+    config, utility, parts = _model_utility(buyer, seller, base, label_column, model, metric, k, sgc_hops, seed,
+                                            threads, device)
     stop = _stopping(max_permutations, time_budget, stderr_target, samples=estimator == "banzhaf")
     with _progress_bar(progress, f"{estimator} over {utility.n_players:,} points") as callback:
         result = _estimate(utility, estimator, seed=seed, stop=stop, truncation=truncation or None,
@@ -320,17 +329,8 @@ def value_seller_shapley(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ) -> None:
     """Each seller's Shapley share of the buyer's gain: exact up to 12 sellers, Monte Carlo beyond."""
-    if model not in MODELS:
-        raise UsageProblem(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
-    dev = parse_device(device)
-    val, parts, base_set = _load(buyer, seller, base, label_column, model, sgc_hops)
-    config = ModelConfig(model="logistic" if model == "sgc" else model, metric=metric, k=k, seed=seed,
-                         threads=threads)
-    points = ModelUtility(
-        np.concatenate([p.x for p in parts]), _labels(parts), val.x, val.y,
-        x_base=base_set.x if base_set else None, y_base=base_set.y if base_set else None,
-        config=config, device=dev,
-    )
+    config, points, parts = _model_utility(buyer, seller, base, label_column, model, metric, k, sgc_hops, seed,
+                                           threads, device)
     groups = np.repeat(np.arange(len(parts)), [len(p.y) for p in parts])
     utility = SellerUtility(points, groups, n_sellers=len(parts))
     stop = _stopping(max_permutations, time_budget, None, samples=False)
