@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from app import __version__
-from app.commands import blind, relevance_diversity, shapley
+from app.commands import blind, graphs, relevance_diversity, shapley
 from app.commands.common import UsageProblem, stderr
 from app.data.errors import DataError
 from app.data.tabular import validate_table
@@ -34,6 +34,8 @@ app.add_typer(value_app, name="value")
 app.add_typer(share_app, name="share")
 
 value_app.command("relevance-diversity")(relevance_diversity.value_relevance_diversity)
+value_app.command("structural-disparity")(graphs.value_structural_disparity)
+value_app.command("graph")(graphs.value_graph)
 value_app.command("data-shapley")(shapley.value_data_shapley)
 value_app.command("knn-shapley")(shapley.value_knn_shapley)
 value_app.command("seller-shapley")(shapley.value_seller_shapley)

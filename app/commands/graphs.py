@@ -1,0 +1,109 @@
+"""`appraise value structural-disparity | graph`: hosted valuation of seller graphs for a buyer's graph.
+
+Graphs are `.npz` files or a `nodes.csv,edges.csv` pair (DESIGN.md). Blind mode for graphs (share files) is
+not wired into `appraise share` yet; the library's split steps (`graph_request`, `graph_share`, `graph_score`)
+already run hosted mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from app.commands.common import UsageProblem, comma_floats, parse_device, print_json, stdout
+from app.data.graph import read_graph
+from app.valuation.featural import DEFAULT_THRESHOLD
+from app.valuation.structural.graph_valuation import GraphOptions, GraphValuation, value_graphs
+
+MATCHERS = ("signature", "auto", "faq", "rank")
+SOLVERS = ("auto", "exact", "sliced", "sinkhorn")
+FEATURE_VIEWS = ("raw", "propagated", "none")
+
+
+def _options(*, matcher: str, solver: str, feature_view: str, no_scale: bool, threshold: float,
+             subsample: int | None, score_weights: str | None, seed: int) -> GraphOptions:
+    if matcher not in MATCHERS:
+        raise UsageProblem(f"--matcher must be one of {', '.join(MATCHERS)}, not {matcher!r}")
+    if solver not in SOLVERS:
+        raise UsageProblem(f"--solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
+    if feature_view not in FEATURE_VIEWS:
+        raise UsageProblem(f"--feature-view must be one of {', '.join(FEATURE_VIEWS)}, not {feature_view!r}")
+    weights = None
+    if score_weights is not None:
+        w = comma_floats(score_weights, "--score-weights")
+        if len(w) != 3:
+            raise UsageProblem("--score-weights takes three numbers: similarity, diversity, relevance")
+        weights = (w[0], w[1], w[2])
+    return GraphOptions(matcher=matcher, feature_view=feature_view, scaling="none" if no_scale else "own",
+                        threshold=threshold, subsample=subsample, score_weights=weights, seed=seed,
+                        solver=solver)
+
+
+def _run(buyer: Path, seller: list[Path], options: GraphOptions, device: str) -> GraphValuation:
+    b = read_graph(buyer)
+    ss = [read_graph(s) for s in seller]
+    return value_graphs(b, ss, options, device=parse_device(device))
+
+
+def _report(method: str, keys: tuple[str, ...], seller: list[Path], valuation: GraphValuation,
+            as_json: bool) -> None:
+    full = valuation.as_dict()
+    entries = [{"seller": str(p), **r} for p, r in zip(seller, full["sellers"], strict=True)]
+    if as_json:
+        out = {"method": method, **{k: v for k, v in full.items() if k != "sellers"}, "sellers": entries}
+        if len(entries) == 1:
+            out.update({k: v for k, v in entries[0].items() if k != "seller"})
+        print_json(out)
+        return
+    table = Table(title=f"{method}: {full['solver']['name']} W1 solver, s0 = {full['s0']:.4g}")
+    table.add_column("seller")
+    for k in keys:
+        table.add_column(k.replace("structural_", "S ").replace("_", " "), justify="right")
+    table.add_column("nodes", justify="right")
+    for e in entries:
+        cells = ["—" if e[k] is None else f"{e[k]:.4f}" for k in keys]
+        table.add_row(Path(e["seller"]).name, *cells, f"{e['nodes']:,}")
+    stdout.print(table)
+    for e in entries:
+        for note in e["notes"]:
+            stdout.print(f"note: {Path(e['seller']).name}: {note}")
+
+
+def value_structural_disparity(
+    buyer: Path = typer.Option(..., "--buyer", help="Buyer's graph (.npz or nodes.csv,edges.csv)"),
+    seller: list[Path] = typer.Option(..., "--seller", help="Seller's graph; repeat to compare several"),
+    matcher: str = typer.Option("signature", help="signature (default) | auto | faq | rank"),
+    solver: str = typer.Option("auto", help="auto | exact | sliced | sinkhorn (one solver for every seller)"),
+    subsample: int | None = typer.Option(None, min=2, help="Each party sends at most this many embedding rows"),
+    seed: int = typer.Option(0, help="Seed of the proxy graph and signal"),
+    device: str = typer.Option("cpu", help="cpu or cuda:N"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+) -> None:
+    """Structural disparity S (graph Wasserstein distance of blind message-passing embeddings)."""
+    options = _options(matcher=matcher, solver=solver, feature_view="none", no_scale=False,
+                       threshold=DEFAULT_THRESHOLD, subsample=subsample, score_weights=None, seed=seed)
+    valuation = _run(buyer, seller, options, device)
+    _report("structural-disparity", ("structural_disparity", "structural_similarity"), seller, valuation, as_json)
+
+
+def value_graph(
+    buyer: Path = typer.Option(..., "--buyer", help="Buyer's graph with node features"),
+    seller: list[Path] = typer.Option(..., "--seller", help="Seller's graph; repeat to compare several"),
+    feature_view: str = typer.Option("raw", help="raw | propagated (ÂX) | none"),
+    no_scale: bool = typer.Option(False, "--no-scale", help="Centre node features only, do not scale"),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Keep feature components above this eigenvalue"),
+    score_weights: str | None = typer.Option(None, help="similarity,diversity,relevance weights of one score"),
+    matcher: str = typer.Option("signature", help="signature (default) | auto | faq | rank"),
+    solver: str = typer.Option("auto", help="auto | exact | sliced | sinkhorn"),
+    subsample: int | None = typer.Option(None, min=2, help="Each party sends at most this many embedding rows"),
+    seed: int = typer.Option(0, help="Seed of the proxy graph and signal"),
+    device: str = typer.Option("cpu", help="cpu or cuda:N"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+) -> None:
+    """S, D and R together: structure by blind message passing, node features by relevance/diversity."""
+    options = _options(matcher=matcher, solver=solver, feature_view=feature_view, no_scale=no_scale,
+                       threshold=threshold, subsample=subsample, score_weights=score_weights, seed=seed)
+    valuation = _run(buyer, seller, options, device)
+    _report("graph", ("structural_disparity", "relevance", "diversity", "score"), seller, valuation, as_json)

@@ -1,0 +1,63 @@
+"""`appraise value structural-disparity | graph`: JSON contract, S(G, G) = 0, clean errors."""
+
+from __future__ import annotations
+
+import json
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from app.cli import EXIT_USER_ERROR
+from tests.test_cli import run
+
+
+def save(graph, path, seed=0, features=4):
+    g = nx.convert_node_labels_to_integers(graph)
+    x = np.random.default_rng(seed).normal(size=(g.number_of_nodes(), features))
+    np.savez(path, x=x, edge_index=np.array(list(g.edges())).T.astype(np.int64))
+    return path
+
+
+@pytest.fixture
+def graphs(tmp_path):
+    return (
+        save(nx.karate_club_graph(), tmp_path / "buyer.npz"),
+        save(nx.barabasi_albert_graph(34, 2, seed=1), tmp_path / "ba.npz", seed=1),
+    )
+
+
+def test_graph_json_has_s_d_r_per_seller_and_zero_for_itself(graphs, capsys):
+    buyer, ba = graphs
+    code, out, err = run(["value", "graph", "--buyer", str(buyer), "--seller", str(ba), "--seller", str(buyer),
+                          "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["method"] == "graph"
+    other, same = result["sellers"]
+    assert [other["seller"], same["seller"]] == [str(ba), str(buyer)]
+    for key in ("structural_disparity", "relevance", "diversity"):
+        assert key in other and key in same
+    assert same["structural_disparity"] == 0.0 and same["diversity"] == 0.0 and same["relevance"] == 1.0
+    assert other["structural_disparity"] > 0
+    assert result["solver"]["name"] == "exact"
+
+
+def test_structural_disparity_single_seller_repeats_keys(graphs, capsys):
+    buyer, ba = graphs
+    code, out, _ = run(["value", "structural-disparity", "--buyer", str(buyer), "--seller", str(ba), "--json"],
+                       capsys)
+    result = json.loads(out)
+    assert code == 0
+    assert result["structural_disparity"] == result["sellers"][0]["structural_disparity"] > 0
+    assert 0 < result["structural_similarity"] < 1
+    assert "solver" in result and "request" in result
+
+
+def test_bad_graph_file_is_one_clear_line(graphs, tmp_path, capsys):
+    buyer, _ = graphs
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, edge_index=np.array([[0, 1], [1, 7]]), x=np.ones((3, 2)))
+    code, out, err = run(["value", "structural-disparity", "--buyer", str(buyer), "--seller", str(bad)], capsys)
+    assert code == EXIT_USER_ERROR and out == ""
+    assert "bad.npz" in err and "Traceback" not in err
