@@ -35,7 +35,7 @@ METHOD = "relevance-diversity"
 SHARE_LIMITS = ReadLimits(max_file_bytes=2 * 1024**3, max_expanded_bytes=4 * 1024**3)
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -47,7 +47,7 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def _meta_array(meta: dict[str, Any]) -> np.ndarray:
+def meta_array(meta: dict[str, Any]) -> np.ndarray:
     return np.array(json.dumps(meta, sort_keys=True))
 
 
@@ -55,29 +55,23 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def write_request(path: str | Path, request: FeatureRequest) -> None:
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "role": "request",
-        "method": METHOD,
-        "request_id": request.request_id,
-        "scaling": request.scaling,
-        "columns": request.columns,
-    }
-    arrays = {"meta": _meta_array(meta), "directions": _np(request.directions)}
+def feature_request_parts(request: FeatureRequest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and metadata that carry a relevance-diversity request (also inside graph requests)."""
+    arrays = {"directions": _np(request.directions)}
     if request.scaling == "buyer":
         arrays["center"] = _np(request.center)
         arrays["scale"] = _np(request.scale)
-    _atomic_savez(Path(path), arrays)
+    return arrays, {"request_id": request.request_id, "scaling": request.scaling, "columns": request.columns}
 
 
-def write_private(path: str | Path, private: BuyerPrivate) -> None:
+def write_request(path: str | Path, request: FeatureRequest) -> None:
+    arrays, meta = feature_request_parts(request)
+    meta = {"format": FORMAT, "version": VERSION, "role": "request", "method": METHOD, **meta}
+    atomic_savez(Path(path), {"meta": meta_array(meta), **arrays})
+
+
+def private_parts(private: BuyerPrivate) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "role": "buyer-private",
-        "method": METHOD,
         "request_id": private.request_id,
         "threshold": private.threshold,
         "threshold_mode": private.threshold_mode,
@@ -86,27 +80,31 @@ def write_private(path: str | Path, private: BuyerPrivate) -> None:
         "scaling": private.scaling,
         "constant_columns": private.constant_columns,
     }
-    arrays = {"meta": _meta_array(meta), "eigenvalues": _np(private.eigenvalues), "slots": _np(private.slots)}
-    _atomic_savez(Path(path), arrays)
+    return {"eigenvalues": _np(private.eigenvalues), "slots": _np(private.slots)}, meta
+
+
+def write_private(path: str | Path, private: BuyerPrivate) -> None:
+    arrays, meta = private_parts(private)
+    meta = {"format": FORMAT, "version": VERSION, "role": "buyer-private", "method": METHOD, **meta}
+    atomic_savez(Path(path), {"meta": meta_array(meta), **arrays})
+
+
+def seller_parts(share: SellerShare) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    return {"lam_hat": _np(share.lam_hat)}, {"request_id": share.request_id, "n_rows": share.n_rows}
 
 
 def write_seller_share(path: str | Path, share: SellerShare) -> None:
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "role": "seller",
-        "method": METHOD,
-        "request_id": share.request_id,
-        "n_rows": share.n_rows,
-    }
-    _atomic_savez(Path(path), {"meta": _meta_array(meta), "lam_hat": _np(share.lam_hat)})
+    arrays, meta = seller_parts(share)
+    meta = {"format": FORMAT, "version": VERSION, "role": "seller", "method": METHOD, **meta}
+    atomic_savez(Path(path), {"meta": meta_array(meta), **arrays})
 
 
-class _ShareFile:
-    """An opened share file whose metadata has been checked for format, version and role."""
+class ShareFile:
+    """An opened share file whose metadata has been checked for format, version, role and method."""
 
-    def __init__(self, path: str | Path, role: str, arrays: dict[str, int]) -> None:
+    def __init__(self, path: str | Path, role: str, arrays: dict[str, int], method: str = METHOD) -> None:
         self.path = Path(path)
+        self.method = method
         self._npz = NpzArchive(self.path, SHARE_LIMITS)
         with self._npz:
             self.meta = self._read_meta(role)
@@ -125,25 +123,13 @@ class _ShareFile:
                 self.arrays[name] = a
 
     def _read_meta(self, role: str) -> dict[str, Any]:
-        if "meta" not in self._npz.headers:
-            raise ArrayMissing(self.path, "no 'meta' array: not an Appraise share file")
-        h = self._npz.headers["meta"]
-        if h.dtype.kind != "U" or h.shape != ():
-            raise CorruptFile(self.path, "'meta' is not a text scalar: not an Appraise share file")
-        try:
-            meta = json.loads(str(self._npz.read("meta")[()]))
-        except json.JSONDecodeError as exc:
-            raise CorruptFile(self.path, f"'meta' is not valid JSON ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CorruptFile(self.path, "not an Appraise share file")
-        if meta.get("version") != VERSION:
-            raise CorruptFile(self.path, f"share format version {meta.get('version')} is not supported")
+        meta = read_meta(self._npz)
         if meta.get("role") != role:
             raise ShareMismatch(
                 self.path, f"is a {meta.get('role')!r} file; a {role!r} file is needed here"
             )
-        if meta.get("method") != METHOD:
-            raise ShareMismatch(self.path, f"is for method {meta.get('method')!r}, not {METHOD!r}")
+        if meta.get("method") != self.method:
+            raise ShareMismatch(self.path, f"is for method {meta.get('method')!r}, not {self.method!r}")
         if not isinstance(meta.get("request_id"), str):
             raise CorruptFile(self.path, "metadata lacks a request id")
         return meta
@@ -154,10 +140,43 @@ class _ShareFile:
         return self.arrays[name]
 
 
+def read_meta(npz: NpzArchive) -> dict[str, Any]:
+    """The checked JSON metadata of an opened share file (format and version)."""
+    if "meta" not in npz.headers:
+        raise ArrayMissing(npz.path, "no 'meta' array: not an Appraise share file")
+    h = npz.headers["meta"]
+    if h.dtype.kind != "U" or h.shape != ():
+        raise CorruptFile(npz.path, "'meta' is not a text scalar: not an Appraise share file")
+    try:
+        meta = json.loads(str(npz.read("meta")[()]))
+    except json.JSONDecodeError as exc:
+        raise CorruptFile(npz.path, f"'meta' is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CorruptFile(npz.path, "not an Appraise share file")
+    if meta.get("version") != VERSION:
+        raise CorruptFile(npz.path, f"share format version {meta.get('version')} is not supported")
+    return meta
+
+
+def share_method(path: str | Path) -> str:
+    """Which method a share file is for (so the broker's `score` can dispatch)."""
+    with NpzArchive(Path(path), SHARE_LIMITS) as npz:
+        return str(read_meta(npz).get("method"))
+
+
+FEATURE_REQUEST_ARRAYS = {"directions": 2, "center": 1, "scale": 1}
+PRIVATE_ARRAYS = {"eigenvalues": 1, "slots": 1}
+SELLER_ARRAYS = {"lam_hat": 1}
+
+
 def read_request(path: str | Path) -> FeatureRequest:
-    f = _ShareFile(path, "request", {"directions": 2, "center": 1, "scale": 1})
+    f = ShareFile(path, "request", FEATURE_REQUEST_ARRAYS)
+    return feature_request_from(f, f.meta)
+
+
+def feature_request_from(f: ShareFile, meta: dict[str, Any]) -> FeatureRequest:
     directions = torch.from_numpy(f.need("directions").astype(np.float64))
-    scaling = f.meta.get("scaling")
+    scaling = meta.get("scaling")
     if scaling not in ("own", "buyer", "none"):
         raise CorruptFile(f.path, f"unknown scaling {scaling!r}")
     center = scale = None
@@ -167,21 +186,24 @@ def read_request(path: str | Path) -> FeatureRequest:
         scale = torch.from_numpy(f.need("scale").astype(np.float64))
         if center.shape != (d,) or scale.shape != (d,) or bool((scale <= 0).any()):
             raise ArrayShapeError(f.path, f"'center' and 'scale' must be {d} numbers, scales positive")
-    columns = f.meta.get("columns")
+    columns = meta.get("columns")
     if columns is not None and (not isinstance(columns, list) or len(columns) != d):
         raise CorruptFile(f.path, "column list does not match the directions")
-    return FeatureRequest(directions, scaling, f.meta["request_id"], center, scale, columns)
+    return FeatureRequest(directions, scaling, str(meta["request_id"]), center, scale, columns)
 
 
 def read_private(path: str | Path) -> BuyerPrivate:
-    f = _ShareFile(path, "buyer-private", {"eigenvalues": 1, "slots": 1})
+    f = ShareFile(path, "buyer-private", PRIVATE_ARRAYS)
+    return private_from(f, f.meta)
+
+
+def private_from(f: ShareFile, m: dict[str, Any]) -> BuyerPrivate:
     lam = torch.from_numpy(f.need("eigenvalues").astype(np.float64))
     slots = torch.from_numpy(f.need("slots").astype(np.int64))
     k = lam.shape[0]
     real = slots[slots >= 0]
     if bool((slots < -1).any()) or sorted(real.tolist()) != list(range(k)):
         raise CorruptFile(f.path, "'slots' is not a valid assignment of directions to components")
-    m = f.meta
     try:
         return BuyerPrivate(
             eigenvalues=lam,
@@ -199,12 +221,16 @@ def read_private(path: str | Path) -> BuyerPrivate:
 
 
 def read_seller_share(path: str | Path) -> SellerShare:
-    f = _ShareFile(path, "seller", {"lam_hat": 1})
+    f = ShareFile(path, "seller", SELLER_ARRAYS)
+    return seller_share_from(f, f.meta)
+
+
+def seller_share_from(f: ShareFile, meta: dict[str, Any]) -> SellerShare:
     lam_hat = torch.from_numpy(f.need("lam_hat").astype(np.float64))
     if bool((lam_hat < 0).any()):
         raise ArrayShapeError(f.path, "λ̂ values must be non-negative", location="array 'lam_hat'")
     try:
-        n_rows = int(f.meta["n_rows"])
+        n_rows = int(meta["n_rows"])
     except (KeyError, TypeError, ValueError):
         raise CorruptFile(f.path, "metadata lacks the row count") from None
-    return SellerShare(request_id=f.meta["request_id"], lam_hat=lam_hat, n_rows=n_rows)
+    return SellerShare(request_id=str(meta["request_id"]), lam_hat=lam_hat, n_rows=n_rows)
