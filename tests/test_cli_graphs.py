@@ -61,3 +61,31 @@ def test_bad_graph_file_is_one_clear_line(graphs, tmp_path, capsys):
     code, out, err = run(["value", "structural-disparity", "--buyer", str(buyer), "--seller", str(bad)], capsys)
     assert code == EXIT_USER_ERROR and out == ""
     assert "bad.npz" in err and "Traceback" not in err
+
+
+def test_blind_graph_protocol_equals_hosted(graphs, tmp_path, capsys):
+    buyer, ba = graphs
+    prefix = tmp_path / "b"
+    assert run(["share", "buyer", "--method", "graph", "--data", str(buyer), "--out", str(prefix), "--decoys", "2",
+                "--proxy-nodes", "34"], capsys)[0] == 0
+    with np.load(f"{prefix}.request.npz", allow_pickle=False) as f:
+        assert sorted(f.files) == ["directions", "meta"]  # no embedding, no spectrum
+    with np.load(f"{prefix}.private.npz", allow_pickle=False) as f:
+        assert sorted(f.files) == ["eigenvalues", "embedding", "meta", "slots", "weights"]
+    shares = []
+    for g in (ba, buyer):
+        out = tmp_path / f"{g.stem}.share.npz"
+        assert run(["share", "seller", "--data", str(g), "--request", f"{prefix}.request.npz", "--out", str(out)],
+                   capsys)[0] == 0
+        with np.load(out, allow_pickle=False) as f:
+            assert sorted(f.files) == ["embedding", "lam_hat", "meta", "weights"]
+        shares += ["--seller-share", str(out)]
+    code, out, err = run(["score", "--buyer-share", f"{prefix}.private.npz", *shares, "--json"], capsys)
+    assert code == 0, err
+    blind = json.loads(out)["sellers"]
+    hosted = json.loads(run(["value", "graph", "--buyer", str(buyer), "--seller", str(ba), "--seller", str(buyer),
+                             "--json"], capsys)[1])["sellers"]
+    for b, h in zip(blind, hosted, strict=True):
+        assert b["structural_disparity"] == h["structural_disparity"]
+        assert b["relevance"] == pytest.approx(h["relevance"], rel=1e-12)
+        assert b["diversity"] == pytest.approx(h["diversity"], rel=1e-12, abs=1e-15)

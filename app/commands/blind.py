@@ -13,13 +13,16 @@ from pathlib import Path
 
 import typer
 
+from app.commands.blind_graph import score_graph, share_buyer_graph, share_seller_graph
 from app.commands.common import ProgressReporter, UsageProblem, open_input, parse_device, stderr
+from app.commands.graphs import score_weights_of
 from app.commands.relevance_diversity import check_alpha, report, resolve_scaling, resolve_weights
 from app.data.errors import ColumnMismatch, ShareMismatch
 from app.data.shares import (
     read_private,
     read_request,
     read_seller_share,
+    share_method,
     write_private,
     write_request,
     write_seller_share,
@@ -27,7 +30,7 @@ from app.data.shares import (
 from app.valuation.featural import DEFAULT_THRESHOLD, buyer_share, seller_share
 from app.valuation.relevance_diversity import DEFAULT_ALPHA, Options, rank_results, score_share
 
-BLIND_METHODS = ("relevance-diversity",)
+BLIND_METHODS = ("relevance-diversity", "graph")
 
 
 def _check_method(method: str) -> None:
@@ -36,9 +39,13 @@ def _check_method(method: str) -> None:
 
 
 def share_buyer(
-    data: Path = typer.Option(..., "--data", help="The buyer's own table"),
+    data: Path = typer.Option(..., "--data", help="The buyer's own table (or graph, with --method graph)"),
     out: str = typer.Option(..., "--out", help="Prefix: writes PREFIX.request.npz and PREFIX.private.npz"),
-    method: str = typer.Option("relevance-diversity", help="Valuation method"),
+    method: str = typer.Option("relevance-diversity", help="relevance-diversity | graph"),
+    proxy_nodes: int | None = typer.Option(None, min=1, help="graph: proxy size = the largest graph of the job "
+                                           "(buyer and listed sellers; default: the buyer's)"),
+    feature_view: str = typer.Option("raw", help="graph: raw | propagated | none"),
+    subsample: int | None = typer.Option(None, min=2, help="graph: each party sends at most this many rows of E"),
     label_column: str | None = typer.Option(None, help="Label column to leave out"),
     no_scale: bool = typer.Option(False, "--no-scale", help="Centre only, do not scale"),
     scaling: str | None = typer.Option(None, help="own (default), buyer (publishes the buyer's mean/std), none"),
@@ -51,6 +58,11 @@ def share_buyer(
 ) -> None:
     """Buyer side: write the public request (for sellers) and the private spectrum (for the broker)."""
     _check_method(method)
+    if method == "graph":
+        share_buyer_graph(data, out, proxy_nodes=proxy_nodes, feature_view=feature_view,
+                          scaling=resolve_scaling(scaling, no_scale), threshold=threshold, decoys=decoys, seed=seed,
+                          subsample=subsample, device=device)
+        return
     src = open_input(data, label_column)
     reporter = ProgressReporter(progress)
     with reporter.running():
@@ -82,6 +94,9 @@ def share_seller(
     progress: bool | None = typer.Option(None, help="Progress bars on stderr (default: when a terminal)"),
 ) -> None:
     """Seller side: measure the own data along the buyer's directions; write only λ̂ for the broker."""
+    if share_method(request) == "graph":
+        share_seller_graph(data, request, out, device)
+        return
     req = read_request(request)
     src = open_input(data, label_column)
     if src.n_features != req.n_features:
@@ -102,9 +117,13 @@ def score(
     seller_shares: list[Path] = typer.Option(..., "--seller-share", help="A seller's share; repeat to rank"),
     weights: str | None = typer.Option(None, help="uniform (default), eigenvalue, or k comma-separated weights"),
     alpha: float = typer.Option(DEFAULT_ALPHA, help="Score = α·D + (1−α)·R, used for ranking"),
+    score_weights: str | None = typer.Option(None, help="graph: similarity,diversity,relevance weights"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ) -> None:
-    """Broker side: relevance and diversity from the share files alone."""
+    """Broker side: the valuation from the share files alone (relevance-diversity or graph)."""
+    if share_method(buyer_share_path) == "graph":
+        score_graph(buyer_share_path, seller_shares, score_weights=score_weights_of(score_weights), as_json=as_json)
+        return
     private = read_private(buyer_share_path)
     shares = [read_seller_share(p) for p in seller_shares]
     options = Options(

@@ -22,6 +22,15 @@ SOLVERS = ("auto", "exact", "sliced", "sinkhorn")
 FEATURE_VIEWS = ("raw", "propagated", "none")
 
 
+def score_weights_of(score_weights: str | None) -> tuple[float, float, float] | None:
+    if score_weights is None:
+        return None
+    w = comma_floats(score_weights, "--score-weights")
+    if len(w) != 3:
+        raise UsageProblem("--score-weights takes three numbers: similarity, diversity, relevance")
+    return (w[0], w[1], w[2])
+
+
 def _options(*, matcher: str, solver: str, feature_view: str, no_scale: bool, threshold: float,
              subsample: int | None, score_weights: str | None, seed: int) -> GraphOptions:
     if matcher not in MATCHERS:
@@ -30,12 +39,7 @@ def _options(*, matcher: str, solver: str, feature_view: str, no_scale: bool, th
         raise UsageProblem(f"--solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
     if feature_view not in FEATURE_VIEWS:
         raise UsageProblem(f"--feature-view must be one of {', '.join(FEATURE_VIEWS)}, not {feature_view!r}")
-    weights = None
-    if score_weights is not None:
-        w = comma_floats(score_weights, "--score-weights")
-        if len(w) != 3:
-            raise UsageProblem("--score-weights takes three numbers: similarity, diversity, relevance")
-        weights = (w[0], w[1], w[2])
+    weights = score_weights_of(score_weights)
     return GraphOptions(matcher=matcher, feature_view=feature_view, scaling="none" if no_scale else "own",
                         threshold=threshold, subsample=subsample, score_weights=weights, seed=seed,
                         solver=solver)
@@ -47,12 +51,13 @@ def _run(buyer: Path, seller: list[Path], options: GraphOptions, device: str) ->
     return value_graphs(b, ss, options, device=parse_device(device))
 
 
-def _report(method: str, keys: tuple[str, ...], seller: list[Path], valuation: GraphValuation,
-            as_json: bool) -> None:
+def report_graphs(method: str, keys: tuple[str, ...], seller: list[Path], valuation: GraphValuation,
+                  as_json: bool, extra: dict | None = None) -> None:
     full = valuation.as_dict()
     entries = [{"seller": str(p), **r} for p, r in zip(seller, full["sellers"], strict=True)]
     if as_json:
-        out = {"method": method, **{k: v for k, v in full.items() if k != "sellers"}, "sellers": entries}
+        out = {"method": method, **(extra or {}), **{k: v for k, v in full.items() if k != "sellers"},
+               "sellers": entries}
         if len(entries) == 1:
             out.update({k: v for k, v in entries[0].items() if k != "seller"})
         print_json(out)
@@ -85,7 +90,7 @@ def value_structural_disparity(
     options = _options(matcher=matcher, solver=solver, feature_view="none", no_scale=False,
                        threshold=DEFAULT_THRESHOLD, subsample=subsample, score_weights=None, seed=seed)
     valuation = _run(buyer, seller, options, device)
-    _report("structural-disparity", ("structural_disparity", "structural_similarity"), seller, valuation, as_json)
+    report_graphs("structural-disparity", ("structural_disparity", "structural_similarity"), seller, valuation, as_json)
 
 
 def value_graph(
@@ -106,4 +111,4 @@ def value_graph(
     options = _options(matcher=matcher, solver=solver, feature_view=feature_view, no_scale=no_scale,
                        threshold=threshold, subsample=subsample, score_weights=score_weights, seed=seed)
     valuation = _run(buyer, seller, options, device)
-    _report("graph", ("structural_disparity", "relevance", "diversity", "score"), seller, valuation, as_json)
+    report_graphs("graph", ("structural_disparity", "relevance", "diversity", "score"), seller, valuation, as_json)
