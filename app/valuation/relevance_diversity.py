@@ -27,7 +27,7 @@ from app.valuation.featural import (
     seller_share,
 )
 from app.valuation.moments import Blocks
-from app.valuation.vendi import vendi_score_streaming
+from app.valuation.vendi import RowSample, vendi_score_streaming
 
 DEFAULT_ALPHA = 0.5
 
@@ -42,6 +42,9 @@ class Options:
     decoys: int = 0
     seed: int = 0
     vendi: bool = True
+    # Vendi from a seeded uniform sample of at most this many seller rows, collected during the seller's own pass
+    # (exact when the seller has no more rows); saves a second pass over a large file.
+    vendi_max_rows: int = 65_536
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +56,7 @@ class Options:
             "alpha": self.alpha,
             "decoys": self.decoys,
             "seed": self.seed,
+            "vendi_max_rows": self.vendi_max_rows,
             "log_clamp": LOG_CLAMP,
             "noise_floor": NOISE_FLOOR,
         }
@@ -121,12 +125,18 @@ def value_sellers(
     names = columns or [f"x{j}" for j in range(request.n_features)]
     results = []
     for blocks in sellers:
-        share = seller_share(blocks, request, device=device, gram_max_dim=gram_max_dim)
+        sample = RowSample(options.vendi_max_rows, seed=options.seed) if options.vendi else None
+        share = seller_share(sample.tap(blocks) if sample else blocks, request, device=device,
+                             gram_max_dim=gram_max_dim)
         result = score_share(private, share, options)
         result.constant_columns = [names[j] for j in share.constant_columns]
-        if options.vendi:
+        if sample is not None:
             if request.n_features <= gram_max_dim:
-                result.vendi_score = vendi_score_streaming(blocks(), share.center, share.scale)
+                result.vendi_score = vendi_score_streaming([torch.from_numpy(sample.rows).to(share.center.device)],
+                                                           share.center, share.scale)
+                if not sample.exact:
+                    result.notes.append(f"vendi score from a seeded sample of {sample.size:,} of "
+                                        f"{sample.seen:,} rows")
             else:
                 result.notes.append(f"vendi score skipped: more than {gram_max_dim} features")
         results.append(result)

@@ -58,3 +58,55 @@ def vendi_score(x: np.ndarray | torch.Tensor) -> float:
     t = torch.as_tensor(x, dtype=torch.float64)
     zeros = torch.zeros(t.shape[1], dtype=torch.float64)
     return vendi_score_streaming([t], zeros, torch.ones_like(zeros))
+
+
+class RowSample:
+    """A seeded uniform sample of at most ``size`` rows, collected while another pass streams the data.
+
+    Bottom-k sampling: every row gets a uniform random key and the ``size`` rows with the smallest keys are kept,
+    which is a uniform sample without replacement whatever the block sizes. With n ≤ ``size`` it holds every row,
+    so a score computed from it is exact.
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self._rng = np.random.default_rng(seed)
+        self._rows: np.ndarray | None = None
+        self._keys = np.empty(0)
+        self.seen = 0
+
+    def add(self, block: np.ndarray | torch.Tensor) -> None:
+        x = block.detach().cpu().numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
+        keys = self._rng.random(x.shape[0])
+        self.seen += x.shape[0]
+        rows = x if self._rows is None else np.concatenate([self._rows, x])
+        keys = np.concatenate([self._keys, keys])
+        if keys.shape[0] > self.size:
+            keep = np.argpartition(keys, self.size - 1)[: self.size]
+            rows, keys = rows[keep], keys[keep]
+        self._rows, self._keys = np.ascontiguousarray(rows, dtype=np.float64), keys
+
+    def tap(self, blocks):
+        """Wrap a re-iterable block source so that its first pass also feeds this sample."""
+        fed = False
+
+        def run():
+            nonlocal fed
+            first = not fed
+            fed = True
+            for block in blocks():
+                if first:
+                    self.add(block)
+                yield block
+
+        return run
+
+    @property
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            raise ValuationError("no rows were sampled")
+        return self._rows
+
+    @property
+    def exact(self) -> bool:
+        return self.seen <= self.size

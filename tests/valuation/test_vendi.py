@@ -59,3 +59,30 @@ def test_hosted_run_reports_vendi_of_the_sellers_standardised_rows():
     s = rng.normal(size=(100, 3)) * [1, 5, 9] + 2
     _, [res] = value_sellers(lambda: [b], [lambda: [s]], Options())
     assert res.vendi_score == pytest.approx(kernel_vendi((s - s.mean(0)) / s.std(0)), rel=1e-9)
+
+
+def test_sampled_vendi_is_close_to_exact_and_says_so():
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=(20_000, 6)) @ rng.normal(size=(6, 6)) + 1
+    b = rng.normal(size=(500, 6))
+    blocks = lambda: (s[i : i + 1000] for i in range(0, len(s), 1000))  # noqa: E731
+    _, [exact] = value_sellers(lambda: [b], [blocks], Options(vendi_max_rows=50_000))
+    _, [sampled] = value_sellers(lambda: [b], [blocks], Options(vendi_max_rows=4_000))
+    assert exact.vendi_score == pytest.approx(vendi_score((s - s.mean(0)) / s.std(0)), rel=1e-9)
+    assert sampled.vendi_score == pytest.approx(exact.vendi_score, rel=0.02)
+    assert any("sample of 4,000 of 20,000 rows" in n for n in sampled.notes)
+    assert exact.notes == []
+    assert sampled.scores == exact.scores  # the sample never touches R and D
+
+
+def test_row_sample_is_uniform_and_block_size_free():
+    from app.valuation.vendi import RowSample
+
+    x = np.arange(10_000, dtype=np.float64)[:, None]
+    a, b = RowSample(500, seed=1), RowSample(500, seed=1)
+    a.add(x)
+    for i in range(0, 10_000, 7):
+        b.add(x[i : i + 7])
+    assert a.rows.shape == (500, 1) and not a.exact
+    assert abs(a.rows.mean() - x.mean()) < 4 * x.std() / np.sqrt(500)
+    assert len(np.unique(b.rows)) == 500  # without replacement
