@@ -44,7 +44,7 @@ class Options:
     vendi: bool = True
     # Vendi from a seeded uniform sample of at most this many seller rows, collected during the seller's own pass
     # (exact when the seller has no more rows); saves a second pass over a large file.
-    vendi_max_rows: int = 65_536
+    vendi_max_rows: int = 16_384
 
     def as_dict(self) -> dict[str, Any]:
         return {
