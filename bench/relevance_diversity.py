@@ -33,6 +33,7 @@ Benchmarks are not tests: this prints a table (and ``--out`` writes JSON); it as
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -489,16 +490,34 @@ def profile(buyer: Path, seller: Path, out_dir: Path, top: int) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
+# The files the relevance-diversity pipeline runs through; their digest tells whether two runs measured the same code.
+PIPELINE_FILES = ("app/data", "app/config.py", "app/commands/common.py", "app/commands/relevance_diversity.py",
+                  "app/valuation/moments.py", "app/valuation/featural.py", "app/valuation/relevance_diversity.py",
+                  "app/valuation/vendi.py")
+
+
+def pipeline_digest() -> str:
+    h = hashlib.sha256()
+    for entry in PIPELINE_FILES:
+        path = ROOT / entry
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            if f.is_file():
+                h.update(str(f.relative_to(ROOT)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def code_version() -> str:
-    """The commit the benchmarked code is at, with '+dirty' when app/ has uncommitted changes."""
+    """The commit the benchmarked code is at ('+dirty' when tracked app/ files have uncommitted changes) and the
+    digest of the pipeline's source files."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "app"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
+        head, dirty = "unknown", ""
+    return f"{head}{'+dirty' if dirty else ''} (pipeline digest {pipeline_digest()})"
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -597,8 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in verdict(results):
         print(f"- {line}")
-    if code_version() != version:
-        print(f"- WARNING: the code changed during the run ({version} → {code_version()}); rows may not compare")
+    if pipeline_digest() not in version:
+        print(f"- WARNING: the pipeline's code changed during the run ({version} → {code_version()}); rows measured "
+              "before and after the change do not compare")
     for r in results:
         if r.baseline is not None and r.baseline.ok:
             phases = ", ".join(f"{k} {v:.1f}" for k, v in r.baseline.result["phases_s"].items())
