@@ -14,15 +14,6 @@ from app.valuation.shapley.knn import KNNUtility, knn_full_utility, knn_shapley,
 from app.valuation.shapley.utilities import ModelUtility
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many tiny batched ops: on a shared 2-core runner, torch's intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def brute_force_shapley(u, n: int) -> np.ndarray:
     """φ_i = Σ_{T ⊆ N∖{i}} |T|!(n−|T|−1)!/n! (U(T ∪ {i}) − U(T)), all 2ⁿ utilities from one batch."""
     codes = torch.arange(2**n)

@@ -11,15 +11,6 @@ from app.valuation.errors import ValuationError
 from app.valuation.shapley.models import fit_logistic, fit_mlp, fit_ridge
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Thousands of tiny batched ops: on a shared 2-core runner, torch's intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def classification_data(seed: int, n: int, d: int, n_classes: int):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d))

@@ -16,15 +16,6 @@ from app.valuation.shapley.metrics import METRICS, encode_labels, score
 from app.valuation.shapley.utilities import ModelConfig, ModelUtility
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Thousands of tiny batched ops: on a shared 2-core runner, torch's intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def task(seed: int, n: int = 40, m: int = 30, d: int = 3, n_classes: int = 2):
     rng = np.random.default_rng(seed)
     beta = rng.normal(size=(d, n_classes)) * 2
