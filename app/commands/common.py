@@ -44,6 +44,15 @@ def print_json(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def print_result(method: str, entries: list[dict[str, Any]], **fields: Any) -> None:
+    """The DESIGN.md result object: ``method``, the job's fields, ``sellers`` (one entry per ``--seller``, in
+    order), and, when there is exactly one seller, that seller's keys repeated at the top level."""
+    out: dict[str, Any] = {"method": method, **fields, "sellers": entries}
+    if len(entries) == 1:
+        out.update({k: v for k, v in entries[0].items() if k != "seller"})
+    print_json(out)
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from app.commands.common import UsageProblem, comma_floats, parse_device, print_json, stdout
+from app.commands.common import UsageProblem, comma_floats, parse_device, print_result, stdout
 from app.data.graph import read_graph
 from app.valuation.featural import DEFAULT_THRESHOLD
 from app.valuation.structural.graph_valuation import GraphOptions, GraphValuation, value_graphs
@@ -56,11 +56,7 @@ def report_graphs(method: str, keys: tuple[str, ...], seller: list[Path], valuat
     full = valuation.as_dict()
     entries = [{"seller": str(p), **r} for p, r in zip(seller, full["sellers"], strict=True)]
     if as_json:
-        out = {"method": method, **(extra or {}), **{k: v for k, v in full.items() if k != "sellers"},
-               "sellers": entries}
-        if len(entries) == 1:
-            out.update({k: v for k, v in entries[0].items() if k != "seller"})
-        print_json(out)
+        print_result(method, entries, **(extra or {}), **{k: v for k, v in full.items() if k != "sellers"})
         return
     table = Table(title=f"{method}: {full['solver']['name']} W1 solver, s0 = {full['s0']:.4g}")
     table.add_column("seller")

@@ -14,7 +14,7 @@ from app.commands.common import (
     comma_floats,
     open_input,
     parse_device,
-    print_json,
+    print_result,
     stdout,
 )
 from app.data.tabular import check_same_columns
@@ -59,22 +59,19 @@ def report(
     """Print the DESIGN.md JSON (``--json``) or a ranked table."""
     entries = [{"seller": name, **r.as_dict()} for name, r in zip(sellers, results, strict=True)]
     if as_json:
-        out: dict[str, Any] = {
-            "method": METHOD,
+        print_result(
+            METHOD,
+            entries,
             **extra,
-            "buyer_components": {
+            buyer_components={
                 "kept": private.components,
                 "total": private.n_features,
                 "eigenvalues": private.eigenvalues.tolist(),
                 "constant_columns": private.constant_columns,
                 "rows": private.n_rows,
             },
-            "options": options.as_dict(),
-            "sellers": entries,
-        }
-        if len(entries) == 1:
-            out.update({k: v for k, v in entries[0].items() if k != "seller"})
-        print_json(out)
+            options=options.as_dict(),
+        )
         return
     table = Table(title=f"Relevance and diversity for the buyer ({private.components} of "
                   f"{private.n_features} components, α = {options.alpha:g})")

@@ -22,7 +22,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.commands.common import UsageProblem, open_input, parse_device, print_json, stderr, stdout
+from app.commands.common import UsageProblem, open_input, parse_device, print_json, print_result, stderr, stdout
 from app.data.errors import ColumnError
 from app.data.graph import read_graph
 from app.data.tabular import check_same_columns
@@ -196,10 +196,7 @@ def _point_report(method: str, sellers: list[Path], sizes: list[int], values: to
     if out is not None:
         _write_values(out, rows)
     if as_json:
-        result = {"method": method, **common, "sellers": entries}
-        if len(entries) == 1:
-            result.update({k: v for k, v in entries[0].items() if k != "seller"})
-        print_json(result)
+        print_result(method, entries, **common)
         return
     table = Table(title=f"{method}: {common['utility']['model']} / {common['utility']['metric']}, "
                         f"U(all) = {common['u_full']:.4f}, U(none) = {common['u_empty']:.4f}")
