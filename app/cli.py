@@ -71,10 +71,21 @@ def validate(
     typer.echo(f"{info.path}: {info.format}, {info.rows:,} rows × {len(info.columns)} features{label}")
 
 
+try:  # typer >= 0.29 bundles its own click
+    from typer._click.exceptions import ClickException as _CLICK_ERRORS
+except ImportError:  # pragma: no cover - older typer with click installed
+    from click.exceptions import ClickException as _CLICK_ERRORS
+_CLICK_ABORT = typer.Abort
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning expected failures into one clean line."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--version"]:
+        print(f"appraise {__version__}")
+        sys.exit(0)
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=args, standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (DataError, ValuationError, UsageProblem) as exc:
@@ -86,12 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         stderr.print("interrupted")
         sys.exit(130)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        if isinstance(exc, _CLICK_ERRORS):  # usage errors: click prints its own one-line message
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, _CLICK_ABORT):
             sys.exit(1)
         if _debug:
             raise

@@ -5,7 +5,7 @@ in under 30 s with peak memory under 1.5 GB, and memory flat as the seller grows
 
 What is measured
     * Appraise as a user runs it: ``appraise value relevance-diversity --buyer B --seller S --json`` in a
-      subprocess (and again with ``--no-vendi``, since the Vendi score costs one more pass over the seller).
+      subprocess, and again with ``--no-vendi`` to show what the Vendi score adds.
     * The peer baseline, what a data scientist would write: ``pyarrow.parquet.read_table(...).to_pandas()``
       for both files, standardise with numpy, ``Bᵀ B / n``, ``np.linalg.eigh``, λ̂ = ‖Σ_s U‖ per column, and
       the same last step (``scores_from_spectra``) so that R and D are comparable. It runs only where it fits
@@ -14,6 +14,11 @@ What is measured
 Every measurement runs in a fresh wrapper process (``python -c``) that spawns the command, times it, and
 reads the child's peak RSS from ``getrusage(RUSAGE_CHILDREN)``, so runs cannot inflate each other's maximum.
 Files are read once before timing, so every run sees a warm page cache (page cache is not part of RSS).
+On a shared machine other processes distort timings (on 2 cores, OpenMP barriers stall badly when a core is
+taken): each run first waits (``--quiet-wait``) for the machine to go idle, the wrapper counts the CPU other
+processes took meanwhile, and the table marks a run with * when that exceeds 0.1 core. ``--repeat N`` keeps
+the fastest of N runs. The output names the commit and a digest of the pipeline's source files, and warns when
+that digest changed during the run.
 
 Data (generated once into ``bench/data/``, reused when present; file names carry shape, dtype, seed and
 row-group size): rows x = (Q diag(s) z) ∘ c + μ with z ~ N(0, I₂₅₆), Q a random orthogonal matrix, a decaying
@@ -246,7 +251,14 @@ def run_baseline(buyer: str, seller: str, threshold: float = 1e-2) -> dict[str, 
         sd[sd == 0] = 1.0
         return (x - mu) / sd
 
-    b = pq.read_table(buyer).to_pandas().to_numpy(dtype=np.float64)
+    def read(path: str) -> np.ndarray:
+        table = pq.read_table(path)
+        try:
+            return table.to_pandas().to_numpy(dtype=np.float64)
+        except ImportError:  # no pandas: the same copies, through numpy
+            return np.column_stack([c.to_numpy() for c in table.columns]).astype(np.float64, copy=False)
+
+    b = read(buyer)
     lap("read")
     bz = standardise(b)
     lap("standardise")
@@ -257,7 +269,7 @@ def run_baseline(buyer: str, seller: str, threshold: float = 1e-2) -> dict[str, 
     keep = lam > threshold
     lam, u = lam[keep], u[:, keep]
     lap("eigh")
-    s = pq.read_table(seller).to_pandas().to_numpy(dtype=np.float64)
+    s = read(seller)
     lap("read")
     sz = standardise(s)
     lap("standardise")

@@ -243,3 +243,10 @@ def test_progress_bars_go_to_stderr_and_leave_stdout_clean(tables, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["method"] == "relevance-diversity"  # exactly one JSON object on stdout
     assert "pass 1" in proc.stderr or "%" in proc.stderr
+
+
+def test_version_and_usage_errors_are_clean(capsys):
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.strip().startswith("appraise ")
+    code, _, err = run(["--bogus"], capsys)
+    assert code == 2 and "No such option" in err and "Traceback" not in err
