@@ -89,3 +89,29 @@ def test_blind_graph_protocol_equals_hosted(graphs, tmp_path, capsys):
         assert b["structural_disparity"] == h["structural_disparity"]
         assert b["relevance"] == pytest.approx(h["relevance"], rel=1e-12)
         assert b["diversity"] == pytest.approx(h["diversity"], rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("method", ["graph", "structural-disparity"])
+def test_progress_goes_to_stderr_and_leaves_json_stdout_unchanged(graphs, capsys, method):
+    buyer, ba = graphs
+    argv = ["value", method, "--buyer", str(buyer), "--seller", str(ba), "--seller", str(buyer), "--json"]
+    code, out, err = run([*argv, "--progress"], capsys)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines == [
+        "clean: buyer (1/8)", "clean: seller 1 of 2 (2/8)", "clean: seller 2 of 2 (3/8)",
+        "share: buyer (4/8)", "share: seller 1 of 2 (5/8)", "share: seller 2 of 2 (6/8)",
+        "score: seller 1 of 2 (7/8)", "score: seller 2 of 2 (8/8)",
+    ]
+    code, quiet_out, quiet_err = run([*argv, "--no-progress"], capsys)
+    assert code == 0 and quiet_err == ""
+    assert json.loads(out) == json.loads(quiet_out)
+    assert out == quiet_out
+
+
+def test_progress_is_off_by_default_when_stderr_is_not_a_terminal(graphs, capsys):
+    buyer, ba = graphs
+    code, out, err = run(["value", "structural-disparity", "--buyer", str(buyer), "--seller", str(ba), "--json"],
+                         capsys)
+    assert code == 0 and err == ""
+    json.loads(out)

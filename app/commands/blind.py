@@ -61,7 +61,7 @@ def share_buyer(
     if method == "graph":
         share_buyer_graph(data, out, proxy_nodes=proxy_nodes, feature_view=feature_view,
                           scaling=resolve_scaling(scaling, no_scale), threshold=threshold, decoys=decoys, seed=seed,
-                          subsample=subsample, device=device)
+                          subsample=subsample, device=device, progress=progress)
         return
     src = open_input(data, label_column)
     reporter = ProgressReporter(progress)
@@ -95,7 +95,7 @@ def share_seller(
 ) -> None:
     """Seller side: measure the own data along the buyer's directions; write only λ̂ for the broker."""
     if share_method(request) == "graph":
-        share_seller_graph(data, request, out, device)
+        share_seller_graph(data, request, out, device, progress)
         return
     req = read_request(request)
     src = open_input(data, label_column)
@@ -119,10 +119,12 @@ def score(
     alpha: float = typer.Option(DEFAULT_ALPHA, help="Score = α·D + (1−α)·R, used for ranking"),
     score_weights: str | None = typer.Option(None, help="graph: similarity,diversity,relevance weights"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+    progress: bool | None = typer.Option(None, help="Progress on stderr for graph shares (default: when a terminal)"),
 ) -> None:
     """Broker side: the valuation from the share files alone (relevance-diversity or graph)."""
     if share_method(buyer_share_path) == "graph":
-        score_graph(buyer_share_path, seller_shares, score_weights=score_weights_of(score_weights), as_json=as_json)
+        score_graph(buyer_share_path, seller_shares, score_weights=score_weights_of(score_weights), as_json=as_json,
+                    progress=progress)
         return
     private = read_private(buyer_share_path)
     shares = [read_seller_share(p) for p in seller_shares]

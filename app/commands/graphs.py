@@ -1,21 +1,28 @@
 """`appraise value structural-disparity | graph`: hosted valuation of seller graphs for a buyer's graph.
 
-Graphs are `.npz` files or a `nodes.csv,edges.csv` pair (DESIGN.md). Blind mode for graphs (share files) is
-not wired into `appraise share` yet; the library's split steps (`graph_request`, `graph_share`, `graph_score`)
-already run hosted mode.
+Graphs are `.npz` files or a `nodes.csv,edges.csv` pair (DESIGN.md). These commands run hosted mode
+(`value_graphs`: every party's step on one machine). Blind mode (share files between parties) runs the same
+split steps (`graph_request`, `graph_share`, `graph_score`) through `appraise share buyer --method graph`,
+`appraise share seller` and `appraise score` (``blind_graph.py``); both give identical numbers.
+
+Progress (``--progress``; default: only when stderr is a terminal) goes to stderr, never stdout: a live bar on a
+terminal, else one line per unit of work (each graph cleaned, each party's share, each seller scored).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.commands.common import UsageProblem, comma_floats, parse_device, print_result, stdout
+from app.commands.common import UsageProblem, comma_floats, parse_device, print_result, stderr, stdout
 from app.data.graph import read_graph
 from app.valuation.featural import DEFAULT_THRESHOLD
-from app.valuation.structural.graph_valuation import GraphOptions, GraphValuation, value_graphs
+from app.valuation.structural.graph_valuation import GraphOptions, GraphProgress, GraphValuation, value_graphs
 
 MATCHERS = ("signature", "auto", "faq", "rank")
 SOLVERS = ("auto", "exact", "sliced", "sinkhorn")
@@ -45,10 +52,45 @@ def _options(*, matcher: str, solver: str, feature_view: str, no_scale: bool, th
                         solver=solver)
 
 
-def _run(buyer: Path, seller: list[Path], options: GraphOptions, device: str) -> GraphValuation:
+ProgressCallback = Callable[[GraphProgress], None]
+
+
+@contextmanager
+def graph_progress(enabled: bool | None, title: str, total: int | None = None) -> Iterator[ProgressCallback | None]:
+    """Yields a ``progress`` callback for the graph valuation steps, or ``None`` when progress is off.
+
+    Default (``enabled`` None): only when stderr is a terminal. On a terminal a live bar (units done of the
+    total, the last unit, elapsed time; ``total`` if known before the first unit, else from the first report);
+    otherwise (``--progress`` into a log) one plain line per unit on stderr.
+    """
+    show = stderr.is_terminal if enabled is None else enabled
+    if not show:
+        yield None
+        return
+    if not stderr.is_terminal:
+
+        def log(p: GraphProgress) -> None:
+            stderr.print(str(p), markup=False, highlight=False)
+
+        yield log
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=stderr, transient=True) as bar:
+        task = bar.add_task(title, total=total, detail="")
+
+        def update(p: GraphProgress) -> None:
+            bar.update(task, total=p.total, completed=p.done, detail=f"{p.stage}: {p.label}")
+
+        yield update
+
+
+def _run(buyer: Path, seller: list[Path], options: GraphOptions, device: str, progress: bool | None,
+         method: str) -> GraphValuation:
     b = read_graph(buyer)
     ss = [read_graph(s) for s in seller]
-    return value_graphs(b, ss, options, device=parse_device(device))
+    dev = parse_device(device)
+    with graph_progress(progress, f"{method}: {len(ss)} seller{'s' if len(ss) != 1 else ''}") as callback:
+        return value_graphs(b, ss, options, device=dev, progress=callback)
 
 
 def report_graphs(method: str, keys: tuple[str, ...], seller: list[Path], valuation: GraphValuation,
@@ -81,11 +123,12 @@ def value_structural_disparity(
     seed: int = typer.Option(0, help="Seed of the proxy graph and signal"),
     device: str = typer.Option("cpu", help="cpu or cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+    progress: bool | None = typer.Option(None, help="Progress on stderr (default: when a terminal)"),
 ) -> None:
     """Structural disparity S (graph Wasserstein distance of blind message-passing embeddings)."""
     options = _options(matcher=matcher, solver=solver, feature_view="none", no_scale=False,
                        threshold=DEFAULT_THRESHOLD, subsample=subsample, score_weights=None, seed=seed)
-    valuation = _run(buyer, seller, options, device)
+    valuation = _run(buyer, seller, options, device, progress, "structural-disparity")
     report_graphs("structural-disparity", ("structural_disparity", "structural_similarity"), seller, valuation, as_json)
 
 
@@ -102,9 +145,10 @@ def value_graph(
     seed: int = typer.Option(0, help="Seed of the proxy graph and signal"),
     device: str = typer.Option("cpu", help="cpu or cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+    progress: bool | None = typer.Option(None, help="Progress on stderr (default: when a terminal)"),
 ) -> None:
     """S, D and R together: structure by blind message passing, node features by relevance/diversity."""
     options = _options(matcher=matcher, solver=solver, feature_view=feature_view, no_scale=no_scale,
                        threshold=threshold, subsample=subsample, score_weights=score_weights, seed=seed)
-    valuation = _run(buyer, seller, options, device)
+    valuation = _run(buyer, seller, options, device, progress, "graph")
     report_graphs("graph", ("structural_disparity", "relevance", "diversity", "score"), seller, valuation, as_json)

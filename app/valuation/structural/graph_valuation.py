@@ -486,8 +486,12 @@ def graph_score(
     options: GraphOptions = GraphOptions(),
     *,
     device: torch.device | str = "cpu",
+    progress: Callable[[GraphProgress], None] | None = None,
 ) -> GraphValuation:
-    """Broker's step for a whole job: one solver for every seller, S, similarity, and R, D per seller."""
+    """Broker's step for a whole job: one solver for every seller, S, similarity, and R, D per seller.
+
+    ``progress``, if given, is called after each seller is scored (stage ``score``, ``done`` of ``len(sellers)``).
+    """
     _check(buyer.structural, request, "buyer")
     for s in sellers:
         _check(s.structural, request, "seller")
@@ -496,7 +500,7 @@ def graph_score(
     solver = choose_solver([(eb.shape[0], s.structural.rows) for s in sellers], transport)
     s0 = median_distance(eb, wb, max_nodes=transport.s0_max_nodes, seed=transport.seed)
     results = []
-    for s in sellers:
+    for i, s in enumerate(sellers, 1):
         d = wasserstein(eb, s.structural.embedding, wb, s.structural.weights, solver=solver, device=device)
         sim = structural_similarity(d.value, s0)
         rd: RelevanceDiversity | None = None
@@ -513,6 +517,8 @@ def graph_score(
             num_nodes=s.structural.num_nodes, num_graphs=s.structural.num_graphs, details=d.details,
             matching=s.structural.matching, cleanup=s.structural.cleanup, notes=notes,
         ))
+        if progress is not None:
+            progress(GraphProgress("score", i, len(sellers), f"seller {i} of {len(sellers)}"))
     buyer_info = {
         "rows": buyer.structural.rows, "nodes": buyer.structural.num_nodes, "graphs": buyer.structural.num_graphs,
         "matching": buyer.structural.matching, "cleanup": buyer.structural.cleanup, "notes": buyer.notes,
@@ -533,22 +539,66 @@ def _score(weights: tuple[float, float, float] | None, sim: float, rd: Relevance
     return (ws * sim + wd * d + wr * r) / total
 
 
+@dataclass(frozen=True)
+class GraphProgress:
+    """One finished unit of a graph valuation, for a progress display.
+
+    ``stage`` is ``clean``, ``share`` (a party's matching, message passing and featural moments: the long part)
+    or ``score`` (one seller's Wasserstein distance); ``done`` of ``total`` counts units of the whole call, so
+    ``total`` is known from the first report on; ``label`` names the unit (``buyer``, ``seller 2 of 3``).
+    """
+
+    stage: Literal["clean", "share", "score"]
+    done: int
+    total: int
+    label: str
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.label} ({self.done}/{self.total})"
+
+
 def value_graphs(
     buyer: GraphData | CleanGraph,
     sellers: Sequence[GraphData | CleanGraph],
     options: GraphOptions = GraphOptions(),
     *,
     device: torch.device | str = "cpu",
+    progress: Callable[[GraphProgress], None] | None = None,
 ) -> GraphValuation:
-    """Hosted mode: the broker's, the buyer's and each seller's steps in sequence on one machine."""
+    """Hosted mode: the broker's, the buyer's and each seller's steps in sequence on one machine.
+
+    ``progress``, if given, is called after each unit of work: each graph cleaned (buyer, then sellers), each
+    party's share computed, each seller scored; ``done`` rises by one per call up to ``total`` = 3·sellers + 2.
+    It does not change the result.
+    """
     if not sellers:
         raise ValuationError("at least one seller graph is needed")
+    n = len(sellers)
+    labels = ["buyer", *(f"seller {i} of {n}" for i in range(1, n + 1))]
+    total = 2 * (n + 1) + n
+    done = 0
+
+    def tick(stage: Literal["clean", "share", "score"], label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(GraphProgress(stage, done, total, label))
+
     b = clean_graph(buyer)
-    ss = [clean_graph(s) for s in sellers]
+    tick("clean", labels[0])
+    ss = []
+    for label, s in zip(labels[1:], sellers, strict=True):
+        ss.append(clean_graph(s))
+        tick("clean", label)
     request = graph_request(b, ss, options)
     target = MatchTarget.of(make_proxy(request.spec))
     kw = dict(scaling=options.scaling, threshold=options.threshold, threshold_mode=options.threshold_mode,
               decoys=options.decoys, target=target, device=device)
     bshare = graph_share(b, request, role="buyer", **kw)
-    sshares = [graph_share(s, request, role="seller", feature_request=bshare.feature_request, **kw) for s in ss]
-    return graph_score(request, bshare, sshares, options, device=device)
+    tick("share", labels[0])
+    sshares = []
+    for label, s in zip(labels[1:], ss, strict=True):
+        sshares.append(graph_share(s, request, role="seller", feature_request=bshare.feature_request, **kw))
+        tick("share", label)
+    on_score = None if progress is None else (lambda p: tick("score", p.label))
+    return graph_score(request, bshare, sshares, options, device=device, progress=on_score)
