@@ -111,3 +111,105 @@ def test_bad_estimator_and_out_suffix(files, tmp_path, capsys):
                         str(tmp_path / "v.txt")], capsys)
     assert code == EXIT_USER_ERROR and "--out" in err
     assert not (tmp_path / "v.txt").exists()
+
+
+# ------------------------------------------------------------------------ graph collections (--model wwl)
+
+
+def graph_collection(path, families, seed, flip=(), graph_y=True, features=True):
+    """A collection of cycles (family 0) and stars (family 1) of 5-8 nodes, stacked node-wise (``batch``), with
+    node features [degree + noise, noise] and graph label = family, except at the positions in ``flip``."""
+    import networkx as nx
+
+    rng = np.random.default_rng(seed)
+    src, dst, xs, batch = [], [], [], []
+    offset = 0
+    for g, family in enumerate(families):
+        n = int(rng.integers(5, 9))
+        graph = nx.cycle_graph(n) if family == 0 else nx.star_graph(n - 1)
+        for u, v in graph.edges():
+            src += [u + offset, v + offset]
+            dst += [v + offset, u + offset]
+        degree = np.array([graph.degree(v) for v in range(n)], dtype=float)
+        xs.append(np.column_stack([degree + rng.normal(scale=0.3, size=n), rng.normal(size=n)]))
+        batch += [g] * n
+        offset += n
+    y = np.array(families)
+    y[list(flip)] = 1 - y[list(flip)]
+    arrays = {"edge_index": np.array([src, dst], dtype=np.int64), "batch": np.array(batch, dtype=np.int64)}
+    if features:
+        arrays["x"] = np.concatenate(xs)
+    if graph_y:
+        arrays["graph_y"] = y
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def collections(tmp_path):
+    return (
+        graph_collection(tmp_path / "valid.npz", [0, 1] * 10, 0),
+        graph_collection(tmp_path / "seller.npz", [0, 1] * 4, 1, flip=(2, 5)),
+        graph_collection(tmp_path / "clean.npz", [0, 1, 1, 0], 2),
+        graph_collection(tmp_path / "noisy.npz", [0, 1, 1, 0], 3, flip=(0, 1, 2)),
+    )
+
+
+def test_wwl_exact_shapley_is_efficient_and_flipped_graphs_rank_last(collections, capsys):
+    from app.data.graph import read_graph
+    from app.valuation.shapley.graph_features import wwl_graph_features
+    from app.valuation.shapley.utilities import ModelUtility
+
+    valid, seller, _, _ = collections
+    code, out, err = run(["value", "data-shapley", "--buyer", str(valid), "--seller", str(seller), "--model", "wwl",
+                          "--wwl-rounds", "1", "--estimator", "exact", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["utility"]["model"] == "wwl" and result["utility"]["wwl_rounds"] == 1
+    values = np.array(result["values"])
+    assert values.shape == (8,)  # one player per seller graph
+    assert values.sum() == pytest.approx(result["u_full"] - result["u_empty"], abs=1e-9)  # efficiency
+    assert sorted(np.argsort(values)[:2].tolist()) == [2, 5]  # the two flipped-label graphs are worth least
+    assert values[[2, 5]].max() < 0 < values[[0, 1, 3, 4, 6, 7]].min()
+
+    # U(all), U(none): the same logistic utility over pooled WWL rows built here from the files
+    rows = {}
+    for path in (valid, seller):
+        g = read_graph(path)
+        rows[path] = (wwl_graph_features(g.x, g.edge_index, g.batch, 1).numpy(), g.graph_y)
+    reference = ModelUtility(*rows[seller], *rows[valid])
+    assert result["u_full"] == pytest.approx(reference.full_value(), abs=1e-12)
+    assert result["u_empty"] == pytest.approx(reference.empty_value(), abs=1e-12) == 0.5
+
+
+def test_wwl_seller_shapley_prefers_the_clean_collection(collections, capsys):
+    valid, _, clean, noisy = collections
+    code, out, err = run(["value", "seller-shapley", "--buyer", str(valid), "--seller", str(clean), "--seller",
+                          str(noisy), "--model", "wwl", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["utility"]["model"] == "wwl" and result["utility"]["wwl_rounds"] == 2
+    assert sum(result["values"]) == pytest.approx(result["u_full"] - result["u_empty"], abs=1e-9)
+    assert result["values"][0] > result["values"][1]
+
+
+@pytest.mark.parametrize(("kwargs", "missing"), [({"graph_y": False}, "graph_y"), ({"features": False}, "x (node")])
+def test_wwl_collection_without_graph_labels_or_features_is_a_clear_error(collections, tmp_path, capsys, kwargs,
+                                                                          missing):
+    valid, _, _, _ = collections
+    bad = graph_collection(tmp_path / "unlabelled.npz", [0, 1, 0], 4, **kwargs)
+    code, out, err = run(["value", "data-shapley", "--buyer", str(valid), "--seller", str(bad), "--model", "wwl",
+                          "--estimator", "exact"], capsys)
+    assert code == EXIT_USER_ERROR and out == ""
+    assert "unlabelled.npz" in err and missing in err and "--model wwl" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_wwl_single_graph_buyer_is_a_clear_error(collections, tmp_path, capsys):
+    _, seller, _, _ = collections
+    single = tmp_path / "single.npz"
+    np.savez(single, x=np.ones((3, 2)), edge_index=np.array([[0, 1], [1, 2]]), y=np.array([0, 1, 0]))
+    code, out, err = run(["value", "data-shapley", "--buyer", str(single), "--seller", str(seller), "--model", "wwl"],
+                         capsys)
+    assert code == EXIT_USER_ERROR and out == ""
+    assert "single.npz" in err and "buyer's validation graph collection lacks batch" in err

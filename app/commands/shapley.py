@@ -3,6 +3,10 @@
 The buyer brings a labelled validation set (``--buyer``) and optionally its own training set (``--base``);
 each ``--seller`` brings labelled points. Data Shapley pools all sellers' points as players and reports each
 seller's points in its own entry; seller-level Shapley treats each seller file as one player.
+
+Graphs: ``--model sgc`` (node classification) reads graphs with node features and node labels, the players being
+the seller's labelled nodes; ``--model wwl`` (graph classification) reads graph collections (``batch``,
+``graph_y``), the players being the seller's graphs, each one row of pooled WWL features of its node features.
 """
 
 from __future__ import annotations
@@ -34,14 +38,18 @@ from app.valuation.shapley.estimators import (
     seller_shapley,
     tmc_shapley,
 )
-from app.valuation.shapley.graph_features import sgc_features
+from app.valuation.shapley.graph_features import DEFAULT_WWL_ROUNDS, sgc_features, wwl_graph_features
 from app.valuation.shapley.knn import knn_full_utility, knn_shapley
 from app.valuation.shapley.results import ValuationResult
 from app.valuation.shapley.stopping import MaxPermutations, MaxSamples, MaxStandardError, StoppingCriterion, TimeBudget
 from app.valuation.shapley.utilities import ModelConfig, ModelUtility
 
 ESTIMATORS = ("tmc", "exact", "banzhaf", "beta")
-MODELS = ("logistic", "ridge", "mlp", "knn", "sgc")
+MODELS = ("logistic", "ridge", "mlp", "knn", "sgc", "wwl")
+GRAPH_MODELS = ("sgc", "wwl")  # read graphs, not tables; fitted as logistic regression on graph features
+MODEL_HELP = ("logistic | ridge | mlp | knn | sgc (graphs: node classification) | wwl (graph collections: graph "
+              "classification)")
+WWL_ROUNDS_HELP = "Rounds H for --model wwl (features: mean over each graph's nodes of [X ‖ x¹ ‖ … ‖ x^H])"
 DEFAULT_PERMUTATIONS = 1000
 # Thousands of tiny batched fits: intra-op threads cost more than they give (measured 12-40x slower with 2
 # threads than with 1 on a 2-core machine; bench/noisy_labels.py --threads).
@@ -55,7 +63,18 @@ class Labelled:
     y: np.ndarray
 
 
-def _read_labelled(path: Path, label_column: str | None, role: str, model: str, sgc_k: int) -> Labelled:
+def _read_labelled(path: Path, label_column: str | None, role: str, model: str, sgc_k: int,
+                   wwl_rounds: int = DEFAULT_WWL_ROUNDS) -> Labelled:
+    if model == "wwl":
+        graph = read_graph(path)
+        missing = [what for what, absent in (("x (node features)", graph.x is None),
+                                             ("batch (graph id of each node)", graph.batch is None),
+                                             ("graph_y (graph labels)", graph.graph_y is None)) if absent]
+        if missing:
+            raise ColumnError(path, f"the {role} graph collection lacks {' and '.join(missing)}; --model wwl needs "
+                                    "a collection of graphs with node features x, batch and graph_y")
+        feats = wwl_graph_features(graph.x, graph.edge_index, graph.batch, wwl_rounds, graph.edge_weight)
+        return Labelled(path, feats.cpu().numpy(), graph.graph_y)
     if model == "sgc":
         graph = read_graph(path)
         if graph.x is None or graph.y is None:
@@ -69,14 +88,15 @@ def _read_labelled(path: Path, label_column: str | None, role: str, model: str, 
     return Labelled(path, table.x, table.y)
 
 
-def _load(buyer: Path, sellers: list[Path], base: Path | None, label_column: str | None, model: str, sgc_k: int):
-    if model != "sgc":
+def _load(buyer: Path, sellers: list[Path], base: Path | None, label_column: str | None, model: str, sgc_k: int,
+          wwl_rounds: int = DEFAULT_WWL_ROUNDS):
+    if model not in GRAPH_MODELS:
         head = open_input(buyer, label_column, min_rows=1)
         for s in [*sellers, *([base] if base else [])]:
             check_same_columns(head, open_input(s, label_column, min_rows=1))
-    val = _read_labelled(buyer, label_column, "buyer's validation", model, sgc_k)
-    parts = [_read_labelled(s, label_column, "seller's", model, sgc_k) for s in sellers]
-    base_set = _read_labelled(base, label_column, "buyer's base", model, sgc_k) if base else None
+    val = _read_labelled(buyer, label_column, "buyer's validation", model, sgc_k, wwl_rounds)
+    parts = [_read_labelled(s, label_column, "seller's", model, sgc_k, wwl_rounds) for s in sellers]
+    base_set = _read_labelled(base, label_column, "buyer's base", model, sgc_k, wwl_rounds) if base else None
     for p in [*parts, *([base_set] if base_set else [])]:
         if p.x.shape[1] != val.x.shape[1]:
             raise ColumnError(p.path, f"has {p.x.shape[1]} features; the buyer's {buyer} has {val.x.shape[1]}")
@@ -85,13 +105,15 @@ def _load(buyer: Path, sellers: list[Path], base: Path | None, label_column: str
 
 def _model_utility(buyer: Path, sellers: list[Path], base: Path | None, label_column: str | None, model: str,
                    metric: str | None, k: int, sgc_hops: int, seed: int, threads: int,
-                   device: str) -> tuple[ModelConfig, ModelUtility, list[Labelled]]:
-    """U(T) over all sellers' points pooled (players in seller order), trained with the buyer's base set."""
+                   device: str, wwl_rounds: int = DEFAULT_WWL_ROUNDS) -> tuple[ModelConfig, ModelUtility,
+                                                                               list[Labelled]]:
+    """U(T) over all sellers' points pooled (players in seller order), trained with the buyer's base set.
+    With ``--model wwl`` a point is a whole graph of a seller's collection."""
     if model not in MODELS:
         raise UsageProblem(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
     dev = parse_device(device)
-    val, parts, base_set = _load(buyer, sellers, base, label_column, model, sgc_hops)
-    config = ModelConfig(model="logistic" if model == "sgc" else model, metric=metric, k=k, seed=seed,
+    val, parts, base_set = _load(buyer, sellers, base, label_column, model, sgc_hops, wwl_rounds)
+    config = ModelConfig(model="logistic" if model in GRAPH_MODELS else model, metric=metric, k=k, seed=seed,
                          threads=threads)
     utility = ModelUtility(
         np.concatenate([p.x for p in parts]), _labels(parts), val.x, val.y,
@@ -99,6 +121,12 @@ def _model_utility(buyer: Path, sellers: list[Path], base: Path | None, label_co
         config=config, device=dev,
     )
     return config, utility, parts
+
+
+def _utility_info(config: ModelConfig, model: str, sgc_hops: int, wwl_rounds: int) -> dict[str, Any]:
+    """The JSON ``utility``: the fitted model's config, the --model asked for and its graph-feature settings."""
+    extra = {"sgc": {"sgc_hops": sgc_hops}, "wwl": {"wwl_rounds": wwl_rounds}}.get(model, {})
+    return {**config.to_dict(), "model": model, **extra}
 
 
 def _labels(parts: list[Labelled]) -> np.ndarray:
@@ -245,7 +273,7 @@ def value_data_shapley(
     seller: list[Path] = typer.Option(..., "--seller", help="Seller's labelled points; repeat to pool sellers"),
     base: Path | None = typer.Option(None, "--base", help="Buyer's own training set, always in the model"),
     label_column: str | None = typer.Option(None, help="Label column (default: 'label')"),
-    model: str = typer.Option("logistic", help="logistic | ridge | mlp | knn | sgc (graphs: node classification)"),
+    model: str = typer.Option("logistic", help=MODEL_HELP),
     metric: str | None = typer.Option(None, help="accuracy (default) | balanced_accuracy | f1 | r2 | neg_mse"),
     estimator: str = typer.Option("tmc", help="tmc | exact | banzhaf | beta"),
     beta_alpha: float = typer.Option(16.0, help="Beta Shapley α"),
@@ -257,6 +285,7 @@ def value_data_shapley(
     truncation: float = typer.Option(0.01, min=0, help="TMC truncation tolerance (relative; 0 disables)"),
     k: int = typer.Option(5, "--k", min=1, help="Neighbours for --model knn"),
     sgc_hops: int = typer.Option(2, min=1, help="K for --model sgc (features Â^K X)"),
+    wwl_rounds: int = typer.Option(DEFAULT_WWL_ROUNDS, min=0, help=WWL_ROUNDS_HELP),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same values"),
     batch_size: int = typer.Option(64, min=1, help="Permutations (or subsets) per batch"),
     device: str = typer.Option("cpu", help="cpu or cuda:N"),
@@ -269,13 +298,13 @@ def value_data_shapley(
     if estimator not in ESTIMATORS:
         raise UsageProblem(f"--estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
     config, utility, parts = _model_utility(buyer, seller, base, label_column, model, metric, k, sgc_hops, seed,
-                                            threads, device)
+                                            threads, device, wwl_rounds)
     stop = _stopping(max_permutations, time_budget, stderr_target, samples=estimator == "banzhaf")
     with _progress_bar(progress, f"{estimator} over {utility.n_players:,} points") as callback:
         result = _estimate(utility, estimator, seed=seed, stop=stop, truncation=truncation or None,
                            beta_params=(beta_alpha, beta_beta), batch_size=batch_size, progress=callback)
     common = {
-        "utility": {**config.to_dict(), "model": model, **({"sgc_hops": sgc_hops} if model == "sgc" else {})},
+        "utility": _utility_info(config, model, sgc_hops, wwl_rounds),
         "u_full": utility.full_value(),
         "u_empty": utility.empty_value(),
         **_convergence(result),
@@ -313,12 +342,13 @@ def value_seller_shapley(
     seller: list[Path] = typer.Option(..., "--seller", help="A seller's labelled dataset; repeat for each seller"),
     base: Path | None = typer.Option(None, "--base", help="Buyer's own training set, always in the model"),
     label_column: str | None = typer.Option(None, help="Label column (default: 'label')"),
-    model: str = typer.Option("logistic", help="logistic | ridge | mlp | knn | sgc"),
+    model: str = typer.Option("logistic", help=MODEL_HELP),
     metric: str | None = typer.Option(None, help="accuracy (default) | balanced_accuracy | f1 | r2 | neg_mse"),
     max_permutations: int | None = typer.Option(None, min=1, help="Permutation budget beyond 12 sellers"),
     time_budget: float | None = typer.Option(None, min=0, help="Stop after this many seconds"),
     k: int = typer.Option(5, "--k", min=1, help="Neighbours for --model knn"),
     sgc_hops: int = typer.Option(2, min=1, help="K for --model sgc"),
+    wwl_rounds: int = typer.Option(DEFAULT_WWL_ROUNDS, min=0, help=WWL_ROUNDS_HELP),
     seed: int = typer.Option(0, help="Seed"),
     device: str = typer.Option("cpu", help="cpu or cuda:N"),
     threads: int = typer.Option(1, min=1, help=THREADS_HELP),
@@ -327,7 +357,7 @@ def value_seller_shapley(
 ) -> None:
     """Each seller's Shapley share of the buyer's gain: exact up to 12 sellers, Monte Carlo beyond."""
     config, points, parts = _model_utility(buyer, seller, base, label_column, model, metric, k, sgc_hops, seed,
-                                           threads, device)
+                                           threads, device, wwl_rounds)
     groups = np.repeat(np.arange(len(parts)), [len(p.y) for p in parts])
     utility = SellerUtility(points, groups, n_sellers=len(parts))
     stop = _stopping(max_permutations, time_budget, None, samples=False)
@@ -340,7 +370,7 @@ def value_seller_shapley(
         "values": values,
         "stderr": _finite(se) if se is not None else None,
         "sellers": [{"seller": str(p), "value": v} for p, v in zip(seller, values, strict=True)],
-        "utility": {**config.to_dict(), "model": model},
+        "utility": _utility_info(config, model, sgc_hops, wwl_rounds),
         "u_full": points.full_value(),
         "u_empty": points.empty_value(),
         **_convergence(result),

@@ -14,8 +14,18 @@ Adjacency, as :func:`prepare_adjacency` builds it (the graph reader leaves the g
 - normalisation is PyG's ``gcn_norm`` (degree = weighted in-degree + 1), propagation follows PyG's
   ``source_to_target`` flow (node i sums over edges j → i), as ``SGConv`` does.
 
-Graph classification with pooled WWL features is the graph issue's job (the WWL embedding lives with the
-structural method, METHODS.md §2); once pooled to one row per graph it is again a ``ModelUtility``.
+Graph classification with pooled WWL features (METHODS.md §3), :func:`wwl_graph_features`: the players are
+whole graphs of a collection. Each graph's row is the mean over its nodes of the continuous WWL embedding of its
+*node features* — x⁰ = X, then H rounds (default 2) of the parameter-free update of METHODS.md §2 step 3,
+
+    x^{h+1}(v) = ½ ( x^h(v) + Σ_{u∈N(v)} w(v,u) x^h(u) / Σ_{u∈N(v)} w(v,u) ),
+
+an isolated node keeping its value, E = [x⁰ ‖ … ‖ x^H] — so one row of length d(H+1) per graph, and the utility
+is again a logistic :class:`~app.valuation.shapley.utilities.ModelUtility` over these rows, labelled by the
+collection's ``graph_y``. The update is the structural method's own operator
+(:func:`app.valuation.structural.message_passing.propagate`) and the graph is cleaned as there
+(:func:`app.valuation.structural.graph_model.clean_graph`: undirected, self-loops dropped, duplicate edges
+merged, weights by max); only x⁰ differs (the node features instead of a proxy signal).
 """
 
 from __future__ import annotations
@@ -24,11 +34,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch_geometric.nn import global_mean_pool
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
 from app.valuation.errors import ValuationError
 from app.valuation.shapley.utilities import ModelConfig, ModelUtility
+
+DEFAULT_WWL_ROUNDS = 2
 
 
 def prepare_adjacency(
@@ -160,3 +173,70 @@ def sgc_utility(
     )
     util.extra["graph_features"] = {"kind": "sgc", **report}
     return util
+
+
+def _numpy(a: np.ndarray | torch.Tensor) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def wwl_graph_features(
+    x: np.ndarray | torch.Tensor,
+    edge_index: np.ndarray | torch.Tensor,
+    batch: np.ndarray | torch.Tensor,
+    rounds: int = DEFAULT_WWL_ROUNDS,
+    edge_weight: np.ndarray | torch.Tensor | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+    return_report: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+    """Pooled WWL features (G, d(H+1)): row g is the mean over graph g's nodes of [x⁰ ‖ … ‖ x^H], x⁰ = ``x``.
+
+    ``x`` (n, d) node features, ``edge_index`` (2, E) over all n nodes of the collection (no edge may join two
+    graphs), ``batch`` (n,) the graph id of each node (any order; every id 0..G-1 must be used), ``rounds`` = H.
+    The whole collection is propagated at once (its adjacency is block-diagonal), then pooled per graph.
+    With ``return_report`` also returns what cleaning changed (:class:`CleanupReport` fields) and ``rounds``.
+    """
+    # Imported here: the structural package pulls in its whole protocol (matching, POT), not needed for SGC.
+    from app.valuation.structural.graph_model import clean_graph, graph_from_arrays
+    from app.valuation.structural.matching import Adjacency
+    from app.valuation.structural.message_passing import propagate as wwl_propagate
+
+    if rounds < 0:
+        raise ValuationError(f"the number of WWL rounds must be ≥ 0, got {rounds}")
+    xn = _numpy(x).astype(np.float64, copy=False)
+    if xn.ndim != 2 or xn.shape[1] == 0:
+        raise ValuationError(f"node features must be n×d with d ≥ 1, got shape {xn.shape}")
+    if not np.isfinite(xn).all():
+        raise ValuationError("node features must be finite")
+    n = xn.shape[0]
+    b = _numpy(batch).reshape(-1)
+    if b.shape[0] != n or (b.size and b.dtype.kind not in "iu"):
+        raise ValuationError(f"batch must hold one integer graph id per node ({n}), got {b.shape[0]} of {b.dtype}")
+    b = b.astype(np.int64, copy=False)
+    if n == 0 or b.min() < 0:
+        raise ValuationError("batch must hold graph ids ≥ 0 for at least one node")
+    n_graphs = int(b.max()) + 1
+    if np.bincount(b, minlength=n_graphs).min() == 0:
+        raise ValuationError(f"every graph id 0..{n_graphs - 1} must have at least one node")
+    ei = _numpy(edge_index)
+    if ei.ndim != 2 or ei.shape[0] != 2 or (ei.size and ei.dtype.kind not in "iu"):
+        raise ValuationError(f"edge_index must be a 2×E integer array, got shape {ei.shape}")
+    ei = ei.astype(np.int64, copy=False)
+    w = None
+    if edge_weight is not None:
+        w = _numpy(edge_weight).astype(np.float64, copy=False).reshape(-1)
+        if w.shape[0] != ei.shape[1] or not np.isfinite(w).all() or (w <= 0).any():
+            raise ValuationError("edge weights must be positive and finite, one per edge")
+    graph = graph_from_arrays(ei, n, x=xn, edge_weight=w)  # one block-diagonal graph: batch is applied below
+    if ei.size and (b[ei[0]] != b[ei[1]]).any():
+        j = int(np.flatnonzero(b[ei[0]] != b[ei[1]])[0])
+        raise ValuationError(f"edge {j} ({ei[0, j]}→{ei[1, j]}) joins two graphs of the collection")
+    clean = clean_graph(graph)
+    data = clean.graphs[0]
+    emb = wwl_propagate(Adjacency.of(data), data.x, rounds=rounds, device=device, dtype=dtype)
+    pooled = global_mean_pool(emb, torch.from_numpy(b).to(emb.device), size=n_graphs)
+    if not return_report:
+        return pooled
+    report = {**clean.report.as_dict(), "num_graphs": n_graphs, "rounds": rounds}
+    return pooled, report
