@@ -26,6 +26,11 @@ search, batched, in float64:
   Jacobi-preconditioned conjugate gradients with Hessian-vector products (sklearn's newton-cg; forcing term
   min(0.1, √‖g‖)·‖g‖).
 
+``rows=`` gives each model its own gathered rows instead (B, r) with weights (B, r): the same models at O(r) per
+step, for coalitions much smaller than n (TMC prefixes before truncation; converged models are dropped from the
+gathered problem as it shrinks). A chord or low-precision Newton direction that finds no decrease is retried
+with a fresh float64 Hessian before a model counts as converged.
+
 A model stops when its step is below ``tol`` in every coordinate (max-norm) — the step estimates the distance
 to the optimum — or after ``max_iter`` iterations; converged models leave the active set. ``init``
 warm-starts from given coefficients (e.g. the previous prefix's model). Models whose training rows hold fewer
@@ -66,6 +71,8 @@ CHUNK_BYTES = 512 * 2**20
 #: chord steps: keep an inverse Hessian while steps stay below CHORD_MAX_STEP and shrink by CHORD_RATE or better
 CHORD_MAX_STEP = 0.5
 CHORD_RATE = 0.25
+#: per-model designs: compact the problem once at most this share of its models is still active
+COMPACT_SHARE = 0.5
 #: newton-cg: largest relative CG residual accepted
 CG_FORCING = 0.1
 
@@ -83,12 +90,18 @@ def penalty_vector(d: int, dtype: torch.dtype, device: torch.device) -> torch.Te
 
 
 def design_times(xa: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """(n, K) @ (b, K, k) → (b, n, k) as one matrix product (a broadcast matmul would copy ``xa`` b times)."""
+    """(n, K) @ (b, K, k) → (b, n, k) as one matrix product (a broadcast matmul would copy ``xa`` b times).
+    A per-model design (b, n, K) gives a batched product."""
+    if xa.dim() == 3:
+        return torch.bmm(xa, theta)
     return torch.matmul(theta.transpose(1, 2), xa.T).transpose(1, 2)
 
 
 def design_t_times(xa: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """(K, n) @ (b, n, k) → (b, K, k), i.e. xaᵀ r for every model, as one matrix product."""
+    """(K, n) @ (b, n, k) → (b, K, k), i.e. xaᵀ r for every model, as one matrix product (per-model designs
+    (b, n, K): a batched product)."""
+    if xa.dim() == 3:
+        return torch.bmm(xa.transpose(1, 2), r)
     return torch.matmul(r.transpose(1, 2), xa).transpose(1, 2)
 
 
@@ -111,6 +124,21 @@ def _check_xyw(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch
         raise ValuationError(f"{x.shape[0]} feature rows but {y.shape[0]} targets")
     if weights.dim() != 2 or weights.shape[1] != x.shape[0]:
         raise ValuationError(f"weights must be (B, {x.shape[0]}), got {tuple(weights.shape)}")
+    w = weights.to(device=x.device, dtype=x.dtype)
+    if bool((w < 0).any()):
+        raise ValuationError("weights must be non-negative")
+    return w
+
+
+def _check_rows(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 2:
+        raise ValuationError(f"features must be 2-D, got shape {tuple(x.shape)}")
+    if y.shape[0] != x.shape[0]:
+        raise ValuationError(f"{x.shape[0]} feature rows but {y.shape[0]} targets")
+    if rows.dim() != 2 or weights.shape != rows.shape:
+        raise ValuationError(f"rows and weights must both be (B, r), got {tuple(rows.shape)}, {tuple(weights.shape)}")
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= x.shape[0]):
+        raise ValuationError(f"rows must index 0..{x.shape[0] - 1}")
     w = weights.to(device=x.device, dtype=x.dtype)
     if bool((w < 0).any()):
         raise ValuationError("weights must be non-negative")
@@ -180,19 +208,28 @@ class _Problem:
         binary: bool,
         hessian_dtype: torch.dtype | None = None,
     ) -> None:
-        self.xa, self.xt, self.w, self.cmask, self.c, self.binary = xa, xa.T.contiguous(), w, cmask, c, binary
-        self.xa_h = xa if hessian_dtype in (None, xa.dtype) else xa.to(hessian_dtype)
-        self.xt_h = self.xa_h.T.contiguous()
-        self.y = y
-        self.yf = y.to(xa.dtype)[None, :, None] if binary else None
-        self.yoh = None if binary else F.one_hot(y, cmask.shape[1]).to(xa.dtype)[None]
-        self.pen = penalty_vector(xa.shape[1] - 1, xa.dtype, xa.device)[None, :, None]
+        # xa: the shared design (n, K), or one design per model (b, r, K) with targets y (b, r) (gathered rows)
+        self.per_model = xa.dim() == 3
+        self.xa, self.w, self.cmask, self.c, self.binary = xa, w, cmask, c, binary
+        self.h_dtype = xa.dtype if hessian_dtype is None else hessian_dtype
+        # the shared design's Hessian-dtype copy is made once; per-model designs convert when a Hessian is formed
+        self.xa_h = None if self.per_model else xa.to(self.h_dtype)
+        self.xt_h = None if self.per_model else self.xa_h.T.contiguous()
+        yb = y if self.per_model else y[None]  # (b or 1, n)
+        self.y = yb
+        self.yf = yb.to(xa.dtype)[..., None] if binary else None
+        self.yoh = None if binary else F.one_hot(yb, cmask.shape[1]).to(xa.dtype)
+        self.pen = penalty_vector(xa.shape[-1] - 1, xa.dtype, xa.device)[None, :, None]
         self.w_pos = w > 0
 
     def subset(self, idx: torch.Tensor) -> _Problem:
         sub = object.__new__(_Problem)
         sub.__dict__.update(self.__dict__)
         sub.w, sub.cmask, sub.w_pos = self.w[idx], self.cmask[idx], self.w_pos[idx]
+        if self.per_model:
+            sub.xa, sub.y = self.xa[idx], self.y[idx]
+            sub.yf = None if self.yf is None else self.yf[idx]
+            sub.yoh = None if self.yoh is None else self.yoh[idx]
         return sub
 
     def logits(self, theta: torch.Tensor) -> torch.Tensor:
@@ -204,7 +241,7 @@ class _Problem:
             ce = F.softplus(z[..., 0]) - self.yf[..., 0] * z[..., 0]
         else:
             zm = z.masked_fill(~self.cmask[:, None, :], float("-inf"))
-            zy = zm.gather(2, self.y[None, :, None].expand(z.shape[0], -1, 1))[..., 0]
+            zy = zm.gather(2, self.y[..., None].expand(z.shape[0], -1, 1))[..., 0]
             ce = torch.where(self.w_pos, torch.logsumexp(zm, dim=2) - zy, 0.0)
         return self.c * (self.w * ce).sum(1)
 
@@ -223,21 +260,32 @@ class _Problem:
 
     def _weighted_gram(self, s: torch.Tensor, nonneg: bool) -> torch.Tensor:
         """(b, K, K) xaᵀ diag(s_b) xa, in the Hessian's dtype."""
-        s = s.to(self.xa_h.dtype)
+        s = s.to(self.h_dtype)
+        shared = not self.per_model and self.xa_h.dtype == self.h_dtype
+        xa_h = self.xa_h if shared else self.xa.to(self.h_dtype)
         if nonneg:  # (√s·xa)ᵀ(√s·xa): one batched product, a little faster than the broadcast form
-            xs = self.xa_h[None] * s.sqrt()[:, :, None]
+            xs = (xa_h if self.per_model else xa_h[None]) * s.sqrt()[:, :, None]
             return torch.matmul(xs.transpose(1, 2), xs)
-        return torch.matmul(self.xt_h[None] * s[:, None, :], self.xa_h)
+        if self.per_model:
+            return torch.bmm(xa_h.transpose(1, 2) * s[:, None, :], xa_h)
+        return torch.matmul((self.xt_h if shared else xa_h.T)[None] * s[:, None, :], xa_h)
+
+    def in_float64(self) -> _Problem:
+        """The same problem with its Hessian formed in float64."""
+        sub = object.__new__(_Problem)
+        sub.__dict__.update(self.__dict__)
+        sub.h_dtype = torch.float64
+        return sub
 
     def hessian(self, p: torch.Tensor) -> torch.Tensor:
         """(b, K·k, K·k) explicit Hessian in the Hessian's dtype, variables ordered (feature, class)."""
         b, n, k = p.shape
-        kk = self.xa.shape[1]
+        kk = self.xa.shape[-1]
         cw = self.c * self.w
         if self.binary:
             h = self._weighted_gram(cw * (p[..., 0] * (1 - p[..., 0])), True)
         else:
-            h5 = torch.empty((b, kk, k, kk, k), dtype=self.xa_h.dtype, device=p.device)
+            h5 = torch.empty((b, kk, k, kk, k), dtype=self.h_dtype, device=p.device)
             for c1 in range(k):
                 for c2 in range(c1, k):
                     if c1 == c2:
@@ -340,6 +388,7 @@ def fit_logistic(
     max_cg: int | None = None,
     batch_size: int | None = None,
     hessian_dtype: torch.dtype | None = torch.float32,
+    rows: torch.Tensor | None = None,
 ) -> LogisticFit:
     """Fit B = ``weights.shape[0]`` L2 logistic regressions at once (see the module docstring).
 
@@ -349,9 +398,16 @@ def fit_logistic(
     None = float64). It only steers the Newton direction: the objective, gradient, factorisation and the
     convergence test are always float64 (float32 ``x`` is promoted), so the solution is the same to the
     tolerance. Coefficients are returned in float64.
+    ``rows``: (B, r) int64 indices into ``x``, model b trained on rows ``rows[b]`` with ``weights`` (B, r)
+    — the same model as weights scattered over all n rows, at O(r) instead of O(n) per step when the
+    coalitions are small (TMC's prefixes before truncation). Each chunk gathers its own designs.
     """
     x = x.to(torch.float64)  # objective, gradient and convergence test always in float64 (see hessian_dtype)
-    w_all = _check_xyw(x, y, weights)
+    if rows is None:
+        w_all = _check_xyw(x, y, weights)
+    else:
+        rows = rows.to(device=x.device, dtype=torch.int64)
+        w_all = _check_rows(x, y, weights, rows)
     y = y.to(device=x.device, dtype=torch.int64)
     n_cls = int(n_classes) if n_classes is not None else (int(y.max()) + 1 if y.numel() else 2)
     n_cls = max(n_cls, 2)
@@ -370,7 +426,8 @@ def fit_logistic(
     shift = x.mean(0) if x.shape[0] else torch.zeros_like(x[0])
     xa = augment(x - shift)
     onehot = F.one_hot(y, n_cls).to(x.dtype)
-    present = (w_all @ onehot) > 0  # (B, C)
+    counts = w_all @ onehot if rows is None else torch.einsum("br,brc->bc", w_all, onehot[rows])
+    present = counts > 0  # (B, C)
     fitted = present.sum(1) >= 2
     if isinstance(init, LogisticFit):
         init = init.coef
@@ -388,25 +445,44 @@ def fit_logistic(
     n_iter = torch.zeros(b_total, dtype=torch.int64, device=x.device)
     converged = ~fitted
     newton = solver == "newton"
-    rows_cols = x.shape[0] * (d + 1)
+    rows_cols = (x.shape[0] if rows is None else rows.shape[1]) * (d + 1)
     per_model = x.element_size() * (rows_cols * (2 + k) + 3 * kdim * kdim if newton else rows_cols * (2 + 2 * k))
+    if rows is not None:
+        per_model += x.element_size() * rows_cols * 3  # the gathered design (and its Hessian-dtype copy)
     for sl in batches(b_total, bounded(batch_size, per_model)):
-        prob = _Problem(xa, y, w_all[sl], present[sl], float(C), binary, hessian_dtype)
+        if rows is None:
+            prob = _Problem(xa, y, w_all[sl], present[sl], float(C), binary, hessian_dtype)
+        else:
+            prob = _Problem(xa[rows[sl]], y[rows[sl]], w_all[sl], present[sl], float(C), binary, hessian_dtype)
         th, it, conv = theta[sl], n_iter[sl], converged[sl]  # views: updated in place
         if newton:  # per model: an inverse Hessian, and whether it is still usable
             hinv = torch.zeros((th.shape[0], kdim, kdim), dtype=x.dtype, device=x.device)
             have = torch.zeros(th.shape[0], dtype=torch.bool, device=x.device)
+            # models whose low-precision Newton direction failed: their Hessians are formed in float64
+            precise = torch.zeros(th.shape[0], dtype=torch.bool, device=x.device)
         last = torch.full((th.shape[0],), math.inf, dtype=x.dtype, device=x.device)
         z_all = prob.logits(th)
         f_all = prob.objective(th, z_all)
+        lookup = None  # per-model designs, once compacted: chunk position → row of ``prob`` (−1: dropped)
         for _ in range(max_iter):
             act = (~conv).nonzero().squeeze(1)
             if act.numel() == 0:
                 break
             if act.numel() == conv.numel():  # all active: views instead of gathered copies
                 act, sub = slice(None), prob
-            else:
+            elif not prob.per_model:
                 sub = prob.subset(act)
+            else:
+                # Gathering per-model designs every iteration costs as much as the step: drop converged
+                # models from ``prob`` once they are half of it, and gather from the smaller problem.
+                local = act if lookup is None else lookup[act]
+                if act.numel() <= COMPACT_SHARE * prob.w.shape[0]:
+                    prob = prob.subset(local)
+                    lookup = torch.full((conv.numel(),), -1, dtype=torch.int64, device=x.device)
+                    lookup[act] = torch.arange(act.numel(), device=x.device)
+                    sub = prob
+                else:
+                    sub = prob if local.numel() == prob.w.shape[0] else prob.subset(local)
             t0, z = th[act], z_all[act]
             p = sub.probabilities(z)
             g = sub.gradient(t0, p)
@@ -416,7 +492,11 @@ def fit_logistic(
                 fresh = ~have[act]
                 if bool(fresh.any()):
                     ridx = torch.arange(conv.numel(), device=x.device)[act][fresh]
-                    hinv[ridx] = _factor(sub.subset(fresh.nonzero().squeeze(1)), p[fresh])
+                    hp = precise[ridx]
+                    for sel, f64 in ((~hp, False), (hp, True)):
+                        if bool(sel.any()):
+                            part = sub.subset(fresh.nonzero().squeeze(1)[sel])
+                            hinv[ridx[sel]] = _factor(part.in_float64() if f64 else part, p[fresh][sel])
                     have[ridx] = True
                 step = _solve(hinv[act], g)
             else:
@@ -452,12 +532,19 @@ def fit_logistic(
             if newton:
                 # Reuse the factor (a chord step) while steps shrink fast; refactor after a cut step, a slow
                 # contraction (the Hessian moved) or while still far from the optimum. A chord direction that
-                # gives no decrease is retried with a fresh factor; a fresh Newton direction that gives none
-                # means the floor of floating-point precision: converged.
+                # gives no decrease is retried with a fresh factor, and a fresh one from a low-precision Hessian
+                # with a float64 one (rounding in the Hessian can spoil the direction of a badly conditioned
+                # model, e.g. a multinomial's near-flat intercepts); a float64 Newton direction that gives
+                # none means the floor of floating-point precision: converged.
                 stale = ~fresh
                 have[act] &= ~((t < 1) | (taken > CHORD_MAX_STEP) | (stale & (taken > CHORD_RATE * last[act])))
-                stuck = stuck & fresh
-            conv[act] = small | stuck | (taken <= tol)
+                low = ~precise[act] if prob.h_dtype != torch.float64 else torch.zeros_like(fresh)
+                retry = stuck & fresh & low
+                if bool(retry.any()):
+                    ridx = torch.arange(conv.numel(), device=x.device)[act][retry]
+                    precise[ridx] = True
+                stuck = stuck & fresh & ~low
+            conv[act] = small | stuck | ((taken <= tol) & ok)  # a failed search (t = 0) is retried, not converged
             last[act] = taken
     theta[:, -1, :] -= torch.einsum("d,bdk->bk", shift, theta[:, :-1, :])  # back to the features as given
     return LogisticFit(coef=theta, class_mask=present, fitted=fitted, n_iter=n_iter, converged=converged)

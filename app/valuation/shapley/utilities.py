@@ -55,6 +55,8 @@ from app.valuation.shapley.metrics import (
 ModelName = Literal["logistic", "ridge", "mlp", "knn"]
 MODELS = ("logistic", "ridge", "mlp", "knn")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: prefix models train on gathered rows (base + longest prefix) while those are at most this share of all rows
+PREFIX_ROWS_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -301,9 +303,16 @@ class ModelUtility(Utility):
         return const, cls
 
     def _evaluate(
-        self, masks: torch.Tensor, init: M.LogisticFit | None = None, keep: bool = False
+        self,
+        masks: torch.Tensor,
+        init: M.LogisticFit | None = None,
+        keep: bool = False,
+        rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, M.LogisticFit | None]:
-        """Utilities of the coalitions in ``masks`` (b, n), and (logistic, ``keep``) the fitted models."""
+        """Utilities of the coalitions in ``masks`` (b, n), and (logistic, ``keep``) the fitted models.
+
+        ``rows`` (logistic only): (row indices (b, r) into the training rows, their weights (b, r)) covering
+        every row each coalition trains on — the same models, fitted on r instead of all rows."""
         cfg = self.config
         w = self._weights(masks)
         b, m = w.shape[0], self.x_val.shape[0]
@@ -322,7 +331,7 @@ class ModelUtility(Utility):
                 fit = M.fit_logistic(
                     self.x_fit,
                     self.y_fit,
-                    wf,
+                    wf if rows is None else rows[1][fit_idx],
                     n_classes=self.n_classes,
                     C=cfg.C,
                     init=sub_init,
@@ -332,6 +341,7 @@ class ModelUtility(Utility):
                     newton_max_dim=cfg.newton_max_dim,
                     batch_size=cfg.batch_size,
                     hessian_dtype=_DTYPES[cfg.hessian_dtype],
+                    rows=None if rows is None else rows[0][fit_idx],
                 )
                 pred[fit_idx] = fit.predict(self.x_val)
                 self.stats["not_converged"] += int((~fit.converged).sum())
@@ -426,11 +436,26 @@ class ModelUtility(Utility):
             gl = lengths.numel()
             masks = (ranks[:, None, :] < lengths[None, :, None]).reshape(p * gl, n)  # row = perm·gl + j
             init = _repeat(state, gl) if state is not None else None
-            vals, fit = self._evaluate(masks, init, keep=True)
+            vals, fit = self._evaluate(masks, init, keep=True, rows=self._prefix_rows(perms, lengths))
             out[:, g0 - start : g0 - start + gl] = vals.reshape(p, gl)
             state = _take(fit, torch.arange(p, device=self.device) * gl + (gl - 1))
         self._cache = (perms.clone(), stop, state)
         return out
+
+    def _prefix_rows(self, perms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Training rows of the prefix models (row = perm·gl + j: the first ``lengths[j]`` players of perm):
+        the base rows and the longest prefix's players, weighted 1 inside each model's prefix. None when that
+        would not be well under all the rows (then the shared design is cheaper)."""
+        p, gl, longest = perms.shape[0], lengths.numel(), int(lengths[-1])
+        r = self.n_base + longest
+        if r > PREFIX_ROWS_FRACTION * (self.n_base + self.n_players):
+            return None
+        dev = self.device
+        base = torch.arange(self.n_base, device=dev).expand(p, self.n_base)
+        idx = torch.cat([base, perms[:, :longest] + self.n_base], dim=1).repeat_interleave(gl, dim=0)  # (p·gl, r)
+        inside = torch.arange(longest, device=dev)[None, :] < lengths[:, None]  # (gl, longest)
+        w = torch.cat([torch.ones((gl, self.n_base), dtype=self.dtype, device=dev), inside.to(self.dtype)], dim=1)
+        return idx, w.repeat(p, 1)
 
 
 def _row_keys(perms: torch.Tensor) -> torch.Tensor:
