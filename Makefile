@@ -21,7 +21,7 @@ run: setup
 		--seller examples/data/seller_noise.csv --relative-threshold --threshold 0.05
 
 lint: setup
-	$(BIN)/ruff check app tests bench examples
+	$(BIN)/ruff check app tests bench examples migrations
 
 test: setup lint
 	$(BIN)/pytest -q

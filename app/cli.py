@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from app import __version__
-from app.commands import blind, graphs, relevance_diversity, shapley
+from app.commands import blind, graphs, relevance_diversity, service, shapley
 from app.commands.common import UsageProblem, stderr
 from app.data.errors import DataError
 from app.data.tabular import validate_table
@@ -42,6 +42,14 @@ value_app.command("seller-shapley")(shapley.value_seller_shapley)
 share_app.command("buyer")(blind.share_buyer)
 share_app.command("seller")(blind.share_seller)
 app.command("score")(blind.score)
+
+db_app = typer.Typer(help="The service's database.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+db_app.command("upgrade")(service.db_upgrade)
+keys_app.command("create")(service.keys_create)
+app.command("serve")(service.serve)
 
 _debug = False
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +24,22 @@ class Settings(BaseSettings):
     progress_min_bytes: int = Field(
         32 * 1024**2, ge=0, description="Show CLI progress bars for files at least this large"
     )
+
+    # --- the service ---------------------------------------------------------------------------------------
+    database_url: str = Field("sqlite:///./var/appraise.db", description="SQLAlchemy URL (SQLite file or Postgres)")
+    storage_dir: Path = Field(Path("./var/storage"), description="Blob store directory (datasets, shares)")
+    worker_mode: Literal["embedded", "external"] = Field(
+        "embedded", description="embedded: `appraise serve` runs a worker in-process; external: `appraise worker`"
+    )
+    worker_device: str = Field("cpu", description="Device of the embedded worker (cpu or cuda:N)")
+    worker_concurrency: int = Field(1, ge=1, description="Jobs one worker runs at once (one child process each)")
+    max_upload_bytes: int = Field(2 * GiB, gt=0, description="Largest upload accepted, in bytes")
+    lease_seconds: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeats")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its jobs' leases")
+    poll_seconds: float = Field(0.5, gt=0, description="How often an idle worker looks for queued jobs")
+    max_attempts: int = Field(3, ge=1, description="Attempts per job before it is marked failed")
+    retry_backoff_seconds: float = Field(5.0, ge=0, description="Wait before a retry; doubles per attempt")
+    job_timeout_seconds: float = Field(24 * 3600.0, gt=0, description="A job running longer is stopped and failed")
 
     def read_limits(self) -> ReadLimits:
         return ReadLimits(

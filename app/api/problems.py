@@ -1,0 +1,86 @@
+"""RFC 9457 problem details for every error the API returns (validation and unknown routes included)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.data.errors import DataError
+from app.services.errors import ServiceError
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("appraise.api")
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+
+
+def problem(status: int, title: str, detail: str | None, *, type_: str = "about:blank", instance: str | None = None,
+            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = {"type": type_, "title": title, "status": status, "detail": detail, "instance": instance, **extra}
+    return JSONResponse({k: v for k, v in body.items() if v is not None}, status_code=status,
+                        media_type=PROBLEM_JSON, headers=headers)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries: each listed status is a problem+json body."""
+    return {s: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": _TITLES.get(s, "Error")}
+            for s in statuses}
+
+
+_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
+           413: "Payload too large", 415: "Unsupported media type", 422: "Invalid request",
+           503: "Service unavailable"}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return problem(exc.status, exc.title, exc.detail, type_=exc.type, instance=request.url.path,
+                       headers=headers, **exc.extra)
+
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: DataError) -> JSONResponse:
+        d = exc.as_dict()
+        if d.get("file"):  # the upload's name, never a server path
+            d["file"] = getattr(request.state, "upload_names", {}).get(d["file"], Path(str(d["file"])).name)
+        return problem(422, d.get("title") or "Invalid data", d.get("detail") or str(exc),
+                       type_=f"/problems/data/{d.get('code', 'invalid')}", instance=request.url.path,
+                       **{k: v for k, v in d.items() if k not in ("title", "detail", "type", "status")})
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
+        return problem(422, "Invalid request", detail, type_="/problems/invalid", instance=request.url.path,
+                       errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail),
+                       instance=request.url.path, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "Internal error", "an unexpected error occurred; it has been logged",
+                       instance=request.url.path)

@@ -1,0 +1,86 @@
+"""`appraise db upgrade`, `appraise keys create`, `appraise serve`: running the service."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from app.commands.common import UsageProblem, stderr
+
+
+def db_upgrade(revision: str = typer.Argument("head", help="Target revision (default: the latest)")) -> None:
+    """Create or migrate the database schema (APPRAISE_DATABASE_URL) to the latest revision."""
+    from app.config import get_settings
+    from app.db.migrate import upgrade
+
+    url = get_settings().database_url
+    upgrade(url, revision)
+    stderr.print(f"database at revision {revision}: {_safe(url)}")
+
+
+def keys_create(
+    org: str = typer.Option(..., "--org", help="Organization name (created if new)"),
+    role: str = typer.Option(..., "--role", help="buyer | seller | admin"),
+    name: str | None = typer.Option(None, "--name", help="A label for the key"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+) -> None:
+    """Create an API key (shown once: only its hash is stored). Run on the server host: this is also how the
+    first admin key is made — the service has no built-in key."""
+    from app.config import get_settings
+    from app.db.migrate import SchemaNotCurrent, check_current
+    from app.db.session import make_engine, session_factory, transaction
+    from app.services.errors import ServiceError
+    from app.services.keys import create_key, get_or_create_org
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        check_current(engine)
+        with transaction(session_factory(engine)) as session:
+            organization = get_or_create_org(session, org, role)
+            row, key = create_key(session, organization, name)
+            out = {"key": key, "key_id": row.id, "prefix": row.prefix, "org": organization.name,
+                   "org_id": organization.id, "role": organization.role}
+    except (SchemaNotCurrent, ServiceError) as exc:
+        raise UsageProblem(str(exc)) from exc
+    finally:
+        engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(out))
+    else:
+        typer.echo(key)
+        stderr.print(f"API key for {out['org']} ({out['role']}); shown once, store it now")
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
+    port: int = typer.Option(8000, help="Port"),
+    migrate: bool = typer.Option(False, "--migrate", help="Run `db upgrade` first"),
+) -> None:
+    """Run the REST API (and, with APPRAISE_WORKER_MODE=embedded, the default, a worker in-process)."""
+    import uvicorn
+
+    from app.api.main import create_app
+    from app.config import get_settings
+    from app.db.migrate import SchemaNotCurrent, check_current, upgrade
+    from app.db.session import make_engine
+
+    settings = get_settings()
+    if migrate:
+        upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        check_current(engine)
+    except SchemaNotCurrent as exc:
+        raise UsageProblem(str(exc)) from exc
+    finally:
+        engine.dispose()
+    stderr.print(f"Appraise API on http://{host}:{port}/docs (database {_safe(settings.database_url)}, "
+                 f"worker {settings.worker_mode})")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

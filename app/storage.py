@@ -1,0 +1,79 @@
+"""Local-directory blob store (datasets, shares). Writes are atomic: a temporary file in the same directory,
+fsync, then rename; a reader never sees half a file. Keys are relative POSIX paths chosen by the service (never
+by users), checked to stay inside the root."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class StorageLimit(Exception):
+    """A stream went over its size cap (the partial file is gone)."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    key: str
+    size: int
+    sha256: str
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".tmp").mkdir(exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        p = (self.root / key).resolve()
+        if self.root not in p.parents:
+            raise ValueError(f"storage key {key!r} leaves the store")
+        return p
+
+    def temp_path(self, suffix: str = "") -> Path:
+        """A fresh temporary file inside the store (same filesystem as the final place: rename is atomic)."""
+        fd, name = tempfile.mkstemp(dir=self.root / ".tmp", suffix=suffix)
+        os.close(fd)
+        return Path(name)
+
+    def write_stream(self, target: Path, chunks: Iterable[bytes], max_bytes: int) -> tuple[int, str]:
+        """Stream chunks into ``target`` (a temp path), hashing as it goes; :class:`StorageLimit` past the cap."""
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(target, "wb") as f:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise StorageLimit(f"larger than the limit of {max_bytes:,} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return size, digest.hexdigest()
+
+    def commit(self, temp: Path, key: str) -> Path:
+        """Move a finished temp file to its key (atomic rename)."""
+        final = self.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, final)
+        return final
+
+    def delete(self, key: str) -> None:
+        p = self.path(key)
+        p.unlink(missing_ok=True)
+        parent = p.parent
+        while parent != self.root and parent.exists() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+    def delete_tree(self, prefix: str) -> None:
+        shutil.rmtree(self.path(prefix), ignore_errors=True)
