@@ -74,7 +74,8 @@ REWIRE_GRAPHS = {
 def test_disparity_grows_with_rewiring(name):
     """Rewire 0 %, 10 %, …, 100 % of the edges (WS-style: keep one end, move the other), 5 seeds; the S curve
     averaged over the seeds has Spearman ≥ 0.9 with the rewired fraction (METHODS: "S rises monotonically on
-    average over seeds"), and each seed's own curve has Spearman ≥ 0.6."""
+    average over seeds"), so has the mean of the seeds' Spearman (measured 0.944 karate, 0.949 Les Misérables,
+    0.960 SBM), and each seed's own curve has Spearman ≥ 0.6."""
     g = REWIRE_GRAPHS[name]
     base = clean(g)
     target = MatchTarget.of(make_proxy(default_spec(base, base)))
@@ -89,6 +90,7 @@ def test_disparity_grows_with_rewiring(name):
     mean_curve = curves.mean(axis=0)
     assert spearmanr(fractions, mean_curve).statistic >= 0.9, mean_curve
     per_seed = [spearmanr(fractions, c).statistic for c in curves]
+    assert np.mean(per_seed) >= 0.9, per_seed  # the other reading: the seeds' Spearman, averaged
     assert min(per_seed) >= 0.6, per_seed
 
 
