@@ -71,7 +71,7 @@ def tmc(n: int, n_val: int, device: str, se_target: float, budget: float) -> lis
                                random_state=0)
     u = ModelUtility(x[:n], y[:n], x[n:], y[n:], config=ModelConfig(model="logistic", batch_size=4096),
                      device=device)
-    res, wall = timed(device, lambda: tmc_shapley(u, seed=0, batch_size=256, prefix_block=64,
+    res, wall = timed(device, lambda: tmc_shapley(u, seed=0, batch_size=64, prefix_block=64,
                                                   stop=MaxStandardError(se_target) | TimeBudget(budget)))
     return [{
         "check": f"TMC-Shapley {n:,} points, SE target {se_target:g}", "device": device, "seconds": wall,
