@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app import __version__
-from app.api import health, problems
+from app.api import health, observability, problems
 from app.config import Settings, get_settings
 from app.db.migrate import check_current
 from app.db.session import make_engine, session_factory
@@ -53,8 +53,11 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     app.state.sessions = session_factory(engine)
     app.state.on_start = []
     app.state.on_stop = []
+    app.state.metrics = observability.Metrics(app.state.sessions)
+    app.add_middleware(observability.RequestContext, metrics=app.state.metrics)
     problems.install(app)
     app.include_router(health.router)
+    app.include_router(observability.router)
     for router in _api_routers():
         app.include_router(router, prefix=API_PREFIX)
     return app

@@ -61,10 +61,12 @@ def serve(
     import uvicorn
 
     from app.api.main import create_app
+    from app.api.observability import configure_logging
     from app.config import get_settings
     from app.db.migrate import SchemaNotCurrent, check_current, upgrade
     from app.db.session import make_engine
 
+    configure_logging()
     settings = get_settings()
     if migrate:
         upgrade(settings.database_url)
