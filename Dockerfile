@@ -1,5 +1,8 @@
-# Appraise image. The CPU image is the default; build the CUDA worker image with
-#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 -t appraise:cuda .
+# Appraise images, one Dockerfile:
+#   API (CPU):      docker build --target api -t appraise-api .
+#   worker (CUDA):  docker build --target worker --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 \
+#                       --build-arg TORCH_VERSION=2.14.1 -t appraise-worker .
+# The base stage is the CLI image (batch valuations: `docker run appraise value ...`).
 FROM python:3.11-slim AS base
 
 ARG TORCH_VERSION=2.13.0
@@ -24,5 +27,15 @@ RUN useradd --system --uid 10001 --home /srv/appraise appraise \
     && chown appraise /srv/appraise/var
 USER appraise
 
+ENV APPRAISE_STORAGE_DIR=/srv/appraise/var/storage
 ENTRYPOINT ["appraise"]
 CMD ["--help"]
+
+FROM base AS api
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
+
+FROM base AS worker
+CMD ["worker"]

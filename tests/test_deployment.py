@@ -36,3 +36,26 @@ def test_dockerfile_installs_the_package_and_runs_the_cli():
     assert "pip install ." in text
     assert 'ENTRYPOINT ["appraise"]' in text
     assert "USER appraise" in text  # never run as root in the container
+
+
+def test_compose_has_the_service_topology():
+    """postgres, a one-shot migration, the API and a GPU worker sharing the blob store volume."""
+    cmd = compose_command()
+    if cmd is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must have `docker compose` or docker-compose (.ci/run installs it)")
+        pytest.skip("no docker compose client on this machine")
+    proc = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert set(proc.stdout.split()) == {"postgres", "migrate", "api", "worker"}
+    full = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True,
+                          cwd=ROOT).stdout
+    assert "capabilities:" in full and "gpu" in full and "driver: nvidia" in full
+    assert "service_completed_successfully" in full and "db" in full and "upgrade" in full
+
+
+def test_dockerfile_has_api_and_worker_targets():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "FROM base AS api" in text and "FROM base AS worker" in text
+    assert 'CMD ["worker"]' in text and '"serve"' in text
