@@ -59,11 +59,13 @@ def serve(
 ) -> None:
     """Run the REST API (and, with APPRAISE_WORKER_MODE=embedded, the default, a worker in-process)."""
     import uvicorn
+    from sqlalchemy import func, select
 
     from app.api.main import create_app
     from app.api.observability import configure_logging
     from app.config import get_settings
     from app.db.migrate import SchemaNotCurrent, check_current, upgrade
+    from app.db.models import ApiKey
     from app.db.session import make_engine
 
     configure_logging()
@@ -73,12 +75,17 @@ def serve(
     engine = make_engine(settings.database_url)
     try:
         check_current(engine)
+        with engine.connect() as conn:
+            has_keys = conn.execute(select(func.count()).select_from(ApiKey)).scalar_one() > 0
     except SchemaNotCurrent as exc:
         raise UsageProblem(str(exc)) from exc
     finally:
         engine.dispose()
-    stderr.print(f"Appraise API on http://{host}:{port}/docs (database {_safe(settings.database_url)}, "
-                 f"worker {settings.worker_mode})")
+    stderr.print(f"Appraise API on http://{host}:{port} (docs: http://{host}:{port}/docs; database "
+                 f"{_safe(settings.database_url)}; worker {settings.worker_mode})")
+    if not has_keys:
+        stderr.print("No API keys yet. Create the first one (shown once) in another shell:\n"
+                     "    appraise keys create --org YOUR-ORG --role admin")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 

@@ -1,0 +1,261 @@
+"""Service benchmark on loopback (bounded in time): read throughput, streaming upload memory, claim latency.
+
+Everything runs on this machine against the local Postgres (a fresh database ``appraise_bench_<random>``,
+dropped at the end): the API as ``uvicorn`` child processes, the load generator in this process (so both share
+the CPU, as they would on one 2-core box), one idle ``appraise worker``.
+
+1. ``GET /api/v1/jobs/{id}`` with a valid key: ``--seconds`` of closed-loop load from ``--concurrency``
+   connections (httpx, asyncio): requests/s, p50/p99 latency. Goal ≥ 500 req/s, p99 < 50 ms.
+2. ``POST /api/v1/datasets`` of a ``--upload-mb`` CSV (streamed from disk by the client): wall time and the
+   server process's RSS growth (sampled every 20 ms from /proc). Goal < 200 MB growth for 1 GB.
+3. Claim-to-start latency: submit small relevance-diversity jobs to an idle worker and read ``started_at −
+   created_at`` from the job. Goal < 1 s.
+
+    .venv/bin/python bench/service.py                 # full (1 GB upload; a few minutes)
+    .venv/bin/python bench/service.py --quick         # 100 MB upload, 5 s of load
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PG_ADMIN = os.environ.get("APPRAISE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return float("nan")
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and its children (uvicorn --workers N forks)."""
+    total = rss_mb(pid)
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        kids = []
+    return total + sum(rss_mb(int(k)) for k in kids)
+
+
+def wait_ready(base: str, timeout: float = 60) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the API did not become ready")
+
+
+def write_csv(path: Path, target_mb: int) -> int:
+    """A numeric CSV of about ``target_mb`` MB (8 columns + label), written in blocks."""
+    rng = np.random.default_rng(0)
+    rows = 0
+    with open(path, "w") as f:
+        f.write(",".join([f"f{i}" for i in range(8)] + ["label"]) + "\n")
+        while f.tell() < target_mb * 1024**2:
+            block = rng.normal(size=(50_000, 8))
+            lab = rng.integers(0, 2, size=(50_000, 1))
+            np.savetxt(f, np.hstack([block, lab]), fmt=["%.6f"] * 8 + ["%d"], delimiter=",")
+            rows += 50_000
+    return rows
+
+
+async def load(url: str, headers: dict[str, str], seconds: float, concurrency: int) -> list[float]:
+    lat: list[float] = []
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=10) as client:
+
+        async def one() -> None:
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = await client.get(url)
+                if r.status_code != 200:
+                    raise RuntimeError(f"GET {url}: {r.status_code} {r.text[:200]}")
+                lat.append(time.perf_counter() - t)
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+    return lat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
+    ap.add_argument("--upload-mb", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=5, help="jobs for the claim-latency measurement")
+    ap.add_argument("--port", type=int, default=8731)
+    a = ap.parse_args()
+    seconds = a.seconds or (5.0 if a.quick else 15.0)
+    upload_mb = a.upload_mb or (100 if a.quick else 1024)
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from app.db.migrate import upgrade
+    from app.db.models import Dataset, Job
+    from app.db.session import make_engine, session_factory, transaction
+    from app.services.keys import create_key, get_or_create_org
+
+    name = f"appraise_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    tmp = Path(tempfile.mkdtemp(prefix="appraise-bench-"))
+    procs: list[subprocess.Popen] = []
+    rows_out: list[tuple[str, str, str, str]] = []
+    try:
+        upgrade(url)
+        engine = make_engine(url)
+        with transaction(session_factory(engine)) as s:
+            buyer = get_or_create_org(s, "bench-buyer", "buyer")
+            _, key = create_key(s, buyer)
+            ds = Dataset(org_id=buyer.id, name="seed", kind="table", format="csv", filename="seed.csv",
+                         size_bytes=1, sha256="0" * 64, storage_keys=["none"], has_labels=True, rows=1)
+            s.add(ds)
+            s.flush()
+            job = Job(org_id=buyer.id, method="knn-shapley", buyer_dataset_id=ds.id, seller_dataset_ids=[ds.id],
+                      status="succeeded", params={"k": 5})
+            s.add(job)
+            s.flush()
+            job_id = job.id
+        env = {**os.environ, "APPRAISE_DATABASE_URL": url, "APPRAISE_STORAGE_DIR": str(tmp / "storage"),
+               "APPRAISE_WORKER_MODE": "external", "APPRAISE_MAX_UPLOAD_BYTES": str(4 * 1024**3),
+               "APPRAISE_POLL_SECONDS": "0.1"}
+        api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.api.main:create_app", "--factory", "--host", "127.0.0.1",
+             "--port", str(a.port), "--workers", str(a.api_workers), "--log-level", "warning", "--no-access-log"],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(api)
+        base = f"http://127.0.0.1:{a.port}"
+        wait_ready(base)
+        headers = {"Authorization": f"Bearer {key}"}
+
+        # 1. read throughput
+        asyncio.run(load(f"{base}/api/v1/jobs/{job_id}", headers, 1.0, a.concurrency))  # warm-up
+        lat = asyncio.run(load(f"{base}/api/v1/jobs/{job_id}", headers, seconds, a.concurrency))
+        lat_ms = np.array(lat) * 1000
+        rps = len(lat) / seconds
+        p99 = float(np.percentile(lat_ms, 99))
+        rows_out.append((f"GET /jobs/{{id}} ({a.concurrency} connections, {a.api_workers} API workers, {seconds:g} s)",
+                         f"{rps:,.0f} req/s; p50 {np.percentile(lat_ms, 50):.1f} ms, p99 {p99:.1f} ms",
+                         "≥ 500 req/s, p99 < 50 ms", "met" if rps >= 500 and p99 < 50 else "NOT met"))
+
+        # 2. streaming upload
+        csv = tmp / "big.csv"
+        n_rows = write_csv(csv, upload_mb)
+        size_mb = csv.stat().st_size / 1024**2
+        before = tree_rss_mb(api.pid)
+        peak = [before]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], tree_rss_mb(api.pid))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t0 = time.perf_counter()
+        with open(csv, "rb") as f:
+            r = httpx.post(f"{base}/api/v1/datasets", headers=headers, timeout=None,
+                           data={"name": "big", "kind": "table"}, files={"file": ("big.csv", f, "text/csv")})
+        wall = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        if r.status_code != 201:
+            raise RuntimeError(f"upload: {r.status_code} {r.text[:300]}")
+        growth = peak[0] - before
+        rows_out.append((f"upload {size_mb:,.0f} MB CSV ({n_rows:,} rows), validated and stored",
+                         f"{wall:.1f} s ({size_mb / wall:,.0f} MB/s); server RSS +{growth:,.0f} MB "
+                         f"(before {before:,.0f} MB)",
+                         "RSS growth < 200 MB", "met" if growth < 200 else "NOT met"))
+        big_id = r.json()["id"]
+
+        # 3. claim-to-start latency with an idle worker
+        small = tmp / "small.csv"
+        rng = np.random.default_rng(1)
+        np.savetxt(small, rng.normal(size=(500, 4)), delimiter=",", header="a,b,c,d", comments="", fmt="%.6f")
+        with open(small, "rb") as f:
+            r = httpx.post(f"{base}/api/v1/datasets", headers=headers, data={"name": "small", "kind": "table"},
+                           files={"file": ("small.csv", f, "text/csv")})
+        small_id = r.json()["id"]
+        appraise = str(Path(sys.executable).parent / "appraise")
+        worker = subprocess.Popen([appraise, "worker", "--device", "cpu"], env=env, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(worker)
+        time.sleep(3.0)  # let it start and go idle
+        latencies = []
+        for _ in range(a.jobs):
+            r = httpx.post(f"{base}/api/v1/jobs", headers=headers, json={
+                "method": "relevance-diversity", "buyer_dataset_id": small_id, "seller_dataset_ids": [small_id],
+                "params": {}})
+            if r.status_code != 202:
+                raise RuntimeError(f"submit: {r.status_code} {r.text[:300]}")
+            jid = r.json()["id"]
+            for _ in range(600):
+                with session_factory(engine)() as s:
+                    j = s.get(Job, jid)
+                    if j.status in ("succeeded", "failed", "cancelled"):
+                        break
+                time.sleep(0.1)
+            latencies.append((j.started_at - j.created_at).total_seconds())
+            if j.status != "succeeded":
+                raise RuntimeError(f"job {jid} ended {j.status}: {j.last_error}")
+        worst = max(latencies)
+        rows_out.append((f"claim-to-start, idle worker ({a.jobs} jobs)",
+                         f"median {statistics.median(latencies) * 1000:.0f} ms, max {worst * 1000:.0f} ms",
+                         "< 1 s", "met" if worst < 1 else "NOT met"))
+        del big_id
+        engine.dispose()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        with admin.connect() as c:
+            c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+    load_avg = os.getloadavg()
+    print(f"\nload {load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f}; {os.cpu_count()} CPUs; "
+          "Postgres on loopback\n")
+    print("| measurement | result | goal | |\n|---|---|---|---|")
+    for row in rows_out:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
