@@ -65,6 +65,6 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
 
 def _api_routers() -> list:
     """The resource routers (each domain adds its own here)."""
-    from app.api import me
+    from app.api import datasets, listings, me
 
-    return [me.router]
+    return [me.router, datasets.router, listings.router]

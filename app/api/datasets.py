@@ -1,0 +1,152 @@
+"""``/datasets``: upload (streaming multipart), list, read, delete and download an organization's datasets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import CallerDep, SessionDep, SettingsDep
+from app.api.problems import responses
+from app.api.uploads import receive_form
+from app.db.models import Dataset
+from app.services import datasets as service
+from app.storage import BlobStore
+
+router = APIRouter(tags=["datasets"])
+
+
+def blob_store(request: Request) -> BlobStore:
+    """The app's blob store (one per app, made on first use)."""
+    store = getattr(request.app.state, "blob_store", None)
+    if store is None:
+        store = request.app.state.blob_store = BlobStore(request.app.state.settings.storage_dir)
+    return store
+
+
+class DatasetFile(BaseModel):
+    part: str
+    filename: str
+    size_bytes: int
+    sha256: str
+
+
+class DatasetOut(BaseModel):
+    """A dataset's metadata (never its rows or where it is stored)."""
+
+    id: str
+    name: str
+    kind: str
+    format: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    rows: int | None
+    columns: list[str] | None
+    features: int | None
+    nodes: int | None
+    edges: int | None
+    graphs: int | None
+    has_labels: bool
+    label_column: str | None
+    files: list[DatasetFile]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Dataset) -> DatasetOut:
+        meta = row.meta or {}
+        return cls(id=row.id, name=row.name, kind=row.kind, format=row.format, filename=row.filename,
+                   size_bytes=row.size_bytes, sha256=row.sha256, rows=row.rows, columns=row.columns,
+                   features=meta.get("features"), nodes=row.nodes, edges=row.edges, graphs=row.graphs,
+                   has_labels=row.has_labels, label_column=row.label_column,
+                   files=[DatasetFile(**f) for f in meta.get("files", [])], created_at=row.created_at)
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    total: int
+    limit: int
+    offset: int
+
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "name", "kind"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary",
+                                 "description": "The data: .csv, .parquet or .npz (a CSV graph: nodes.csv)"},
+                        "edges": {"type": "string", "format": "binary",
+                                  "description": "edges.csv of a graph given as two CSV files"},
+                        "name": {"type": "string", "maxLength": service.NAME_MAX},
+                        "kind": {"type": "string", "enum": ["table", "graph"]},
+                        "label_column": {"type": "string", "description": "A table's label column (default: label)"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/datasets", operation_id="create_dataset", status_code=201, openapi_extra=_UPLOAD_BODY,
+             responses=responses(401, 413, 415, 422))
+async def create_dataset(request: Request, caller: CallerDep, session: SessionDep,
+                         settings: SettingsDep) -> DatasetOut:
+    """Upload a table or a graph (``multipart/form-data``); it is validated before it is stored."""
+    store = blob_store(request)
+    form = await receive_form(request, store, max_file_bytes=settings.max_upload_bytes,
+                              file_fields=("file", "edges"), text_fields=("name", "kind", "label_column"),
+                              suffixes=service.UPLOAD_SUFFIXES)
+    try:
+        request.state.upload_names = form.temp_names()
+        files = {k: service.UploadedFile(field=f.field, filename=f.filename, temp=f.temp, size_bytes=f.size_bytes,
+                                         sha256=f.sha256) for k, f in form.files.items()}
+        new = service.NewDataset(name=form.fields.get("name"), kind=form.fields.get("kind"),
+                                 label_column=form.fields.get("label_column"), file=files.get("file"),
+                                 edges=files.get("edges"))
+        row = await run_in_threadpool(service.create_dataset, session, store, caller, new, settings.read_limits())
+    finally:
+        await run_in_threadpool(form.discard)
+    return DatasetOut.of(row)
+
+
+@router.get("/datasets", operation_id="list_datasets", responses=responses(401, 422))
+def list_datasets(caller: CallerDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                  offset: Annotated[int, Query(ge=0)] = 0) -> DatasetPage:
+    """The caller's datasets, newest first."""
+    rows, total = service.list_datasets(session, caller, limit=limit, offset=offset)
+    return DatasetPage(items=[DatasetOut.of(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/datasets/{dataset_id}", operation_id="get_dataset", responses=responses(401, 404))
+def get_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> DatasetOut:
+    """One of the caller's datasets."""
+    return DatasetOut.of(service.get_dataset(session, caller, dataset_id))
+
+
+@router.delete("/datasets/{dataset_id}", operation_id="delete_dataset", status_code=204,
+               responses=responses(401, 404, 409))
+def delete_dataset(dataset_id: str, request: Request, caller: CallerDep, session: SessionDep) -> Response:
+    """Delete a dataset, its files and its listings (409 while a queued or running job uses it)."""
+    service.delete_dataset(session, blob_store(request), caller, dataset_id)
+    return Response(status_code=204)
+
+
+@router.get("/datasets/{dataset_id}/download", operation_id="download_dataset", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}, "text/csv": {}},
+                             "description": "The file as uploaded"}, **responses(401, 404, 422)})
+def download_dataset(dataset_id: str, request: Request, caller: CallerDep, session: SessionDep,
+                     part: Literal["file", "edges"] = "file") -> FileResponse:
+    """The raw file as uploaded (owner only); ``part=edges`` for the edges file of a CSV graph."""
+    row = service.get_dataset(session, caller, dataset_id)
+    path, filename, media_type = service.dataset_file(blob_store(request), row, part)
+    return FileResponse(path, media_type=media_type, filename=filename)
