@@ -1,9 +1,9 @@
-# Fresh machine: `make run` (set up, then value the example sellers) and `make test` (set up, then test).
+# Fresh machine: `make run` (set up, then serve on the embedded defaults) and `make test` (set up, then test).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench peers clean
+.PHONY: setup run example test lint postgres bench peers clean
 
 $(BIN)/appraise: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(BIN)/appraise: pyproject.toml
 setup: $(BIN)/appraise
 
 run: setup
+	$(BIN)/appraise serve --migrate
+
+example: setup
 	$(BIN)/python examples/make_breast_cancer.py examples/data
 	$(BIN)/appraise value relevance-diversity --buyer examples/data/buyer.csv \
 		--seller examples/data/seller_like.csv --seller examples/data/seller_malignant.csv \
@@ -23,7 +26,12 @@ run: setup
 lint: setup
 	$(BIN)/ruff check app tests bench examples migrations
 
-test: setup lint
+# The service tests run on SQLite and on the local Postgres (127.0.0.1:5432): start it if it is down.
+postgres:
+	@if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
+		pg_ctlcluster --skip-systemctl-redirect "$$(ls /etc/postgresql | head -n 1)" main start || true; fi
+
+test: setup lint postgres
 	$(BIN)/pytest -q
 
 bench: setup

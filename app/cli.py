@@ -14,6 +14,7 @@ import typer
 from app import __version__
 from app.commands import blind, graphs, relevance_diversity, service, shapley
 from app.commands.common import UsageProblem, stderr
+from app.commands.worker import worker as worker_command
 from app.data.errors import DataError
 from app.data.tabular import validate_table
 from app.valuation.errors import ValuationError
@@ -50,6 +51,7 @@ app.add_typer(keys_app, name="keys")
 db_app.command("upgrade")(service.db_upgrade)
 keys_app.command("create")(service.keys_create)
 app.command("serve")(service.serve)
+app.command("worker")(worker_command)
 
 _debug = False
 

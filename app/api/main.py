@@ -53,6 +53,11 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     app.state.sessions = session_factory(engine)
     app.state.on_start = []
     app.state.on_stop = []
+    if settings.worker_mode == "embedded":
+        from app.worker.loop import start_embedded, stop_embedded
+
+        app.state.on_start.append(start_embedded)
+        app.state.on_stop.append(stop_embedded)
     app.state.metrics = observability.Metrics(app.state.sessions)
     app.add_middleware(observability.RequestContext, metrics=app.state.metrics)
     problems.install(app)
@@ -65,6 +70,6 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
 
 def _api_routers() -> list:
     """The resource routers (each domain adds its own here)."""
-    from app.api import datasets, listings, me
+    from app.api import datasets, jobs, listings, me, shares
 
-    return [me.router, datasets.router, listings.router]
+    return [me.router, datasets.router, listings.router, jobs.router, shares.router]

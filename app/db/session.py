@@ -46,6 +46,17 @@ def make_engine(url: str, **kwargs) -> Engine:
     return engine
 
 
+def begin_write(session: Session) -> None:
+    """Before a request's writes: on SQLite, end the read transaction (authentication) and take the write lock
+    (``BEGIN IMMEDIATE``) before reading what the write depends on. A deferred SQLite transaction that read and
+    then writes after another connection (a worker) committed fails at once with "database is locked" (its
+    snapshot is stale; the busy timeout does not apply). Postgres: nothing to do."""
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    session.commit()
+    session.connection(execution_options={"sqlite_immediate": True})
+
+
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
     return make_engine(url)

@@ -28,6 +28,7 @@ from app.data.limits import ReadLimits
 from app.data.tabular import validate_table
 from app.db.base import new_id
 from app.db.models import DATASET_KINDS, Dataset, Job
+from app.db.session import begin_write
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.keys import Caller
 from app.storage import BlobStore
@@ -190,6 +191,7 @@ def create_dataset(session: Session, store: BlobStore, caller: Caller, new: NewD
         **fields,
     )
     try:
+        begin_write(session)
         for f, key in zip(parts, keys, strict=True):
             store.commit(f.temp, key)
         session.add(row)
@@ -235,6 +237,7 @@ def delete_dataset(session: Session, store: BlobStore, caller: Caller, dataset_i
     :class:`Conflict` while a queued or running job uses it, and for a dataset that a job's results refer to as
     the buyer's data (those jobs keep it).
     """
+    begin_write(session)  # SQLite: the checks below and the delete in one write transaction
     row = get_dataset(session, caller, dataset_id)
     in_active, as_buyer = _jobs_using(session, dataset_id)
     if in_active:

@@ -8,7 +8,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -73,5 +74,16 @@ def authenticate(session: Session, key: str) -> Caller:
         raise bad
     now = utcnow()
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > LAST_USED_RESOLUTION_S:
-        row.last_used_at = now  # at most one write a minute per key: reads stay reads
+        _touch(session, row.id, now)
     return Caller(org_id=org.id, org_name=org.name, role=org.role, key_id=row.id)
+
+
+def _touch(session: Session, key_id: str, now) -> None:
+    """Record the key's use, at most once a minute, in its own short transaction and best effort: the request's
+    own transaction stays read-only (a read followed by a write is what SQLite refuses when a worker has committed
+    in between), and a busy database never fails a request over bookkeeping."""
+    try:
+        with session.get_bind().connect() as conn, conn.begin():
+            conn.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+    except OperationalError:
+        pass

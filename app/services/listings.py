@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Listing, ListingBuyer, Organization
+from app.db.session import begin_write
 from app.services.errors import Invalid, NotFound
 from app.services.keys import Caller
 
@@ -97,6 +98,7 @@ def create_listing(session: Session, caller: Caller, dataset_id: str, buyers: li
 
     The caller must own the dataset (else :class:`NotFound`); roles are checked by the API (seller or admin).
     """
+    begin_write(session)
     dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.org_id == caller.org_id))
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} not found")
@@ -133,6 +135,7 @@ def get_listing(session: Session, caller: Caller, listing_id: str) -> ListingVie
 
 def delete_listing(session: Session, caller: Caller, listing_id: str) -> None:
     """Withdraw one of the caller's listings (another organization's is a :class:`NotFound`)."""
+    begin_write(session)
     gone = session.execute(delete(Listing).where(Listing.id == listing_id, Listing.org_id == caller.org_id))
     if gone.rowcount == 0:
         raise NotFound(f"listing {listing_id} not found")

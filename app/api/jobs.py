@@ -1,0 +1,242 @@
+"""Jobs: submit a valuation, watch it (state, progress, Server-Sent Events), read its result and values, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import CallerDep, SessionDep, SettingsDep, require_role
+from app.api.problems import responses
+from app.db.models import Job, PointValue
+from app.services import jobs as service
+
+router = APIRouter(tags=["jobs"])
+
+EVENTS_POLL_SECONDS = 0.5
+EVENTS_KEEPALIVE_SECONDS = 15.0
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(description="relevance-diversity | structural-disparity | graph | data-shapley | "
+                                    "knn-shapley | seller-shapley", max_length=40)
+    buyer_dataset_id: str = Field(description="The buyer's own dataset", max_length=64)
+    seller_dataset_ids: list[Annotated[str, Field(max_length=64)]] = Field(
+        description="Datasets to value: the caller's own or listed to it", max_length=service.MAX_SELLERS)
+    params: dict[str, Any] = Field(default_factory=dict, description="Method options (as the CLI's, snake_case)")
+
+
+class JobOut(BaseModel):
+    id: str
+    method: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float = Field(description="Fraction done, 0 to 1")
+    progress_detail: dict[str, Any] = Field(description="Method-specific progress (e.g. permutations, max stderr)")
+    buyer_dataset_id: str
+    seller_dataset_ids: list[str]
+    params: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    last_error: str | None = Field(description="The last attempt's error, one line")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    result: dict[str, Any] | None = Field(
+        None, description="When succeeded: dataset-level scores (S, D, R) and value statistics per seller")
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class PointValueOut(BaseModel):
+    dataset_id: str
+    index: int = Field(description="The point's row (or node, or graph) index in the dataset, 0-based")
+    value: float
+    stderr: float | None
+
+
+class ValuePage(BaseModel):
+    job_id: str
+    dataset_id: str | None
+    order: str
+    total: int
+    limit: int
+    offset: int
+    items: list[PointValueOut]
+
+
+def _one_line(text: str | None, limit: int = 500) -> str | None:
+    if not text:
+        return text
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def job_out(job: Job, result: dict[str, Any] | None = None) -> JobOut:
+    return JobOut(
+        id=job.id, method=job.method, status=job.status, progress=job.progress or 0.0,
+        progress_detail=job.progress_detail or {}, buyer_dataset_id=job.buyer_dataset_id,
+        seller_dataset_ids=[str(s) for s in job.seller_dataset_ids or []], params=job.params or {},
+        attempts=job.attempts, max_attempts=job.max_attempts, cancel_requested=bool(job.cancel_requested),
+        last_error=_one_line(job.last_error), created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, updated_at=job.updated_at, result=result,
+    )
+
+
+def _full(session: Session, job: Job) -> JobOut:
+    return job_out(job, service.result_for_buyer(session, job))
+
+
+def _location(job_id: str) -> str:
+    return f"/api/v1/jobs/{job_id}"
+
+
+@router.post("/jobs", operation_id="create_job", status_code=202, responses=responses(401, 403, 404, 409, 422))
+def create_job(
+    body: JobCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> JobOut:
+    """Queue a valuation job. The same `Idempotency-Key` with the same body returns the same job."""
+    require_role(caller, "buyer")
+    req = service.JobRequest(body.method, body.buyer_dataset_id, list(body.seller_dataset_ids), body.params)
+    job, created = service.submit_job(session, caller, req, idempotency_key=idempotency_key,
+                                      max_attempts=settings.max_attempts)
+    response.headers["Location"] = _location(job.id)
+    if not created:
+        response.headers["Idempotency-Replayed"] = "true"
+    return _full(session, job)
+
+
+@router.get("/jobs", operation_id="list_jobs", responses=responses(401, 422))
+def list_jobs(
+    session: SessionDep,
+    caller: CallerDep,
+    status: Annotated[str | None, Query(description="Only jobs in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    """The caller's jobs, newest first."""
+    rows, total = service.list_jobs(session, caller, status=status, limit=limit, offset=offset)
+    results = service.results_for_buyer(session, rows)
+    return JobPage(items=[job_out(j, results.get(j.id)) for j in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}", operation_id="get_job", responses=responses(401, 404))
+def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
+    """A job's state, progress, attempts and last error; its result summary once it succeeded."""
+    return _full(session, service.get_job(session, caller, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", operation_id="cancel_job", status_code=200,
+             responses={**responses(401, 404, 409),
+                        202: {"model": JobOut, "description": "Running: its worker was asked to stop it"}})
+def cancel_job(job_id: str, response: Response, session: SessionDep, caller: CallerDep) -> JobOut:
+    """Cancel: a queued job at once (200); a running job is stopped by its worker (202); a finished one is 409."""
+    job, now = service.cancel_job(session, caller, job_id)
+    if not now:
+        response.status_code = 202
+    return _full(session, job)
+
+
+@router.get("/jobs/{job_id}/values", operation_id="list_job_values", responses=responses(401, 404, 422))
+def list_job_values(
+    job_id: str,
+    session: SessionDep,
+    caller: CallerDep,
+    dataset_id: Annotated[str | None, Query(description="Only this dataset's points")] = None,
+    order: Annotated[Literal["value_desc", "value_asc", "index"], Query()] = "value_desc",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ValuePage:
+    """Per-point values of the caller's own points in a job (sellers: their points; nobody sees others')."""
+    rows, total = service.list_values(session, caller, job_id, dataset_id=dataset_id, order=order, limit=limit,
+                                      offset=offset)
+    return ValuePage(job_id=job_id, dataset_id=dataset_id, order=order, total=total, limit=limit, offset=offset,
+                     items=[_value_out(v) for v in rows])
+
+
+def _value_out(v: PointValue) -> PointValueOut:
+    return PointValueOut(dataset_id=v.dataset_id, index=v.idx, value=v.value, stderr=v.stderr)
+
+
+def _sse(data: dict[str, Any], *, event: str, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n".encode()
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    operation_id="stream_job_events",
+    responses={**responses(401, 404), 200: {"content": {"text/event-stream": {}},
+                                            "description": "Server-Sent Events: `progress` and `state` events"}},
+    response_class=StreamingResponse,
+)
+def stream_job_events(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=40)] = None,
+) -> StreamingResponse:
+    """Live progress: replays the job's events after `Last-Event-ID`, then streams new ones until the job ends
+    (a final `state` event carries the end state)."""
+    job = service.get_job(session, caller, job_id)
+    try:
+        after = max(int(last_event_id), 0) if last_event_id else 0
+    except ValueError:
+        after = 0
+    factory = request.app.state.sessions
+    poll = min(EVENTS_POLL_SECONDS, settings.poll_seconds)
+    return StreamingResponse(_events(factory, job.id, after, poll), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _fetch(factory, job_id: str, after: int) -> tuple[str, float, list[service.Event]]:
+    with factory() as session:
+        return service.events_after(session, job_id, after)
+
+
+async def _events(factory, job_id: str, after: int, poll: float) -> AsyncIterator[bytes]:
+    yield b": stream of job events\nretry: 2000\n\n"
+    quiet_since = time.monotonic()
+    while True:
+        status, progress, events = await run_in_threadpool(_fetch, factory, job_id, after)
+        for e in events:
+            yield _sse({"job_id": job_id, "kind": e.kind, "created_at": e.created_at.isoformat(), "data": e.data},
+                       event=e.kind, event_id=e.id)
+            after = e.id
+        if events:
+            quiet_since = time.monotonic()
+            if len(events) >= 500:
+                continue  # more to replay before looking at the state again
+        if service.is_finished(status):
+            yield _sse({"job_id": job_id, "kind": "state", "final": True, "data": {"status": status,
+                                                                                   "progress": progress}},
+                       event="state")
+            return
+        if time.monotonic() - quiet_since > EVENTS_KEEPALIVE_SECONDS:
+            quiet_since = time.monotonic()
+            yield b": keep-alive\n\n"
+        await asyncio.sleep(poll)

@@ -1,0 +1,329 @@
+"""The durable job queue in the database: claim, lease renewal, reaper, and every state transition.
+
+State machine: ``queued`` → ``running`` → ``succeeded`` | ``failed`` | ``cancelled`` (and ``running`` → ``queued``
+again on a retry or a lease expiry). Each transition writes a ``JobEvent`` (kind ``state``) in the same
+transaction.
+
+Claiming: Postgres takes the oldest claimable row with ``SELECT ... FOR UPDATE SKIP LOCKED`` (racing workers
+skip each other's row); SQLite runs the same statements inside ``BEGIN IMMEDIATE`` (one writer at a time).
+
+Fencing: a running job belongs to the (``worker_id``, ``attempts``) pair that claimed it. Every write a worker
+makes to a running job (lease renewal, progress, checkpoint, result) is conditional on that pair, so a worker
+whose lease expired and whose job was taken over can no longer change it (:class:`LostLease`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.base import utcnow
+from app.db.models import FINISHED_STATES, Job, JobCheckpoint, JobEvent, JobResult, PointValue
+from app.db.session import transaction
+
+log = logging.getLogger("app.worker")
+
+Factory = sessionmaker[Session]
+
+
+class LostLease(Exception):
+    """This worker no longer owns the job (its lease expired and the job was requeued, cancelled or retaken)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now runs: ``attempt`` (the job's ``attempts`` after the claim) fences its writes."""
+
+    job_id: str
+    method: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    owned: bool
+    cancel_requested: bool
+    #: the job already succeeded under this claim (its child is only exiting): not a lost lease
+    finished: bool = False
+
+
+def log_state(job_id: str, state: str, **fields: Any) -> None:
+    """One structured line per job state change."""
+    extra = "".join(f" {k}={_logfmt(v)}" for k, v in fields.items() if v is not None)
+    log.info("job_id=%s state=%s%s", job_id, state, extra)
+
+
+def _logfmt(v: Any) -> str:
+    s = str(v)
+    return f'"{s}"' if any(c.isspace() or c == '"' for c in s) else s
+
+
+def one_line(exc: BaseException | str) -> str:
+    """An exception's one-line message (first line, capped), as kept in ``Job.last_error``."""
+    text = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
+    first = text.strip().splitlines()[0] if text.strip() else text
+    return first[:1000]
+
+
+def add_event(session: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    session.add(JobEvent(job_id=job_id, kind=kind, data=data))
+
+
+def _owned(job_id: str, worker_id: str, attempt: int):
+    return (Job.id == job_id, Job.worker_id == worker_id, Job.attempts == attempt, Job.status == "running")
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+# --- claim and lease ---------------------------------------------------------------------------------------
+
+
+def claim_job(factory: Factory, worker_id: str, lease_seconds: float, *, now: datetime | None = None) -> Claim | None:
+    """Take the oldest queued job whose ``not_before`` has passed (and no cancel was asked for): it becomes
+    ``running`` with ``attempts + 1``, this worker's id and a lease of ``lease_seconds``. None if there is none."""
+    with transaction(factory, immediate=True) as session:
+        now = now or utcnow()
+        stmt = (select(Job).where(Job.status == "queued", Job.not_before <= now, Job.cancel_requested.is_(False))
+                .order_by(Job.created_at, Job.id).limit(1))
+        if _is_postgres(session):
+            stmt = stmt.with_for_update(skip_locked=True)
+        job = session.scalars(stmt).first()
+        if job is None:
+            return None
+        job.status = "running"
+        job.attempts = (job.attempts or 0) + 1
+        job.worker_id = worker_id
+        job.lease_expires_at = now + timedelta(seconds=lease_seconds)
+        job.started_at = now
+        job.finished_at = None
+        add_event(session, job.id, "state", {"status": "running", "attempt": job.attempts, "worker_id": worker_id})
+        claim = Claim(job.id, job.method, job.attempts, job.max_attempts, worker_id)
+    log_state(claim.job_id, "running", attempt=claim.attempt, method=claim.method, worker=worker_id)
+    return claim
+
+
+def renew_lease(factory: Factory, claim: Claim, lease_seconds: float) -> LeaseState:
+    """Heartbeat: push the lease ``lease_seconds`` ahead. Says whether the job is still ours and whether a cancel
+    was asked for."""
+    with transaction(factory) as session:
+        res = session.execute(update(Job).where(*_owned(claim.job_id, claim.worker_id, claim.attempt))
+                              .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+                              .returning(Job.cancel_requested))
+        row = res.first()
+        if row is not None:
+            return LeaseState(owned=True, cancel_requested=bool(row[0]))
+        now = session.execute(select(Job.status, Job.worker_id, Job.attempts).where(Job.id == claim.job_id)).first()
+    finished = now is not None and tuple(now) == ("succeeded", claim.worker_id, claim.attempt)
+    return LeaseState(owned=False, cancel_requested=False, finished=finished)
+
+
+def cancel_flags(factory: Factory, job_ids: list[str]) -> dict[str, bool]:
+    """``cancel_requested`` of these jobs (a cheap read the worker makes every poll)."""
+    if not job_ids:
+        return {}
+    with factory() as session:
+        rows = session.execute(select(Job.id, Job.cancel_requested).where(Job.id.in_(job_ids))).all()
+    return {job_id: bool(flag) for job_id, flag in rows}
+
+
+# --- transitions -------------------------------------------------------------------------------------------
+
+
+def backoff_seconds(base: float, attempts: int) -> float:
+    """retry_backoff_seconds · 2^(attempts−1)."""
+    return float(base) * 2 ** max(attempts - 1, 0)
+
+
+def _retry_or_fail(session: Session, job: Job, error: str, backoff: float, now: datetime, retry: bool) -> str:
+    """Requeue ``job`` with back-off while attempts remain (and ``retry``), else fail it; keep ``error``."""
+    job.last_error = error
+    job.worker_id = None
+    job.lease_expires_at = None
+    if retry and job.attempts < job.max_attempts:
+        delay = backoff_seconds(backoff, job.attempts)
+        job.status = "queued"
+        job.not_before = now + timedelta(seconds=delay)
+        add_event(session, job.id, "state", {"status": "queued", "attempt": job.attempts, "error": error,
+                                             "retry_in_s": delay})
+    else:
+        job.status = "failed"
+        job.finished_at = now
+        add_event(session, job.id, "state", {"status": "failed", "attempt": job.attempts, "error": error})
+    return job.status
+
+
+def _locked_job(session: Session, job_id: str) -> Job | None:
+    stmt = select(Job).where(Job.id == job_id)
+    if _is_postgres(session):
+        stmt = stmt.with_for_update()
+    return session.scalars(stmt).first()
+
+
+def fail_job(factory: Factory, claim: Claim, error: str, *, retry: bool, backoff: float) -> str | None:
+    """The attempt failed: requeue with back-off while attempts remain (``retry``), else ``failed``. Returns the
+    new status, or None when the job was no longer ours."""
+    with transaction(factory, immediate=True) as session:
+        job = _locked_job(session, claim.job_id)
+        if job is None or (job.worker_id, job.attempts, job.status) != (claim.worker_id, claim.attempt, "running"):
+            return None
+        if job.cancel_requested:
+            status = _cancel(session, job, utcnow())
+        else:
+            status = _retry_or_fail(session, job, one_line(error), backoff, utcnow(), retry)
+    log_state(claim.job_id, status, attempt=claim.attempt, error=one_line(error))
+    return status
+
+
+def _cancel(session: Session, job: Job, now: datetime) -> str:
+    job.status = "cancelled"
+    job.cancel_requested = True
+    job.worker_id = None
+    job.lease_expires_at = None
+    job.finished_at = now
+    add_event(session, job.id, "state", {"status": "cancelled", "attempt": job.attempts})
+    return "cancelled"
+
+
+def mark_cancelled(factory: Factory, claim: Claim) -> bool:
+    """A running job whose child was stopped on a cancel request: now ``cancelled``."""
+    with transaction(factory, immediate=True) as session:
+        job = _locked_job(session, claim.job_id)
+        if job is None or (job.worker_id, job.attempts, job.status) != (claim.worker_id, claim.attempt, "running"):
+            return False
+        _cancel(session, job, utcnow())
+    log_state(claim.job_id, "cancelled", attempt=claim.attempt)
+    return True
+
+
+def requeue_job(factory: Factory, claim: Claim, reason: str = "worker stopped") -> bool:
+    """Give a running job back (graceful worker shutdown): ``queued`` at once, the attempt not counted; its
+    checkpoint stays, so the next worker resumes it."""
+    with transaction(factory, immediate=True) as session:
+        job = _locked_job(session, claim.job_id)
+        if job is None or (job.worker_id, job.attempts, job.status) != (claim.worker_id, claim.attempt, "running"):
+            return False
+        if job.cancel_requested:
+            _cancel(session, job, utcnow())
+            status = "cancelled"
+        else:
+            job.status = "queued"
+            job.attempts = max(job.attempts - 1, 0)
+            job.worker_id = None
+            job.lease_expires_at = None
+            job.not_before = utcnow()
+            add_event(session, job.id, "state", {"status": "queued", "attempt": claim.attempt, "reason": reason})
+            status = "queued"
+    log_state(claim.job_id, status, attempt=claim.attempt, reason=reason)
+    return True
+
+
+def request_cancel(session: Session, job: Job) -> str:
+    """For the API (inside its request transaction): cancel ``job``. A queued job is ``cancelled`` at once; a
+    running one gets ``cancel_requested`` and its worker stops the child and marks it ``cancelled`` within a
+    poll interval; a finished job is left as it is. Returns the job's status after the call.
+
+    SQLite: run it in ``transaction(factory, immediate=True)`` (or make the UPDATE the session's first statement):
+    a WAL read transaction that later writes fails with "database is locked" when a worker committed between."""
+    if job.status in FINISHED_STATES:
+        return job.status
+    stmt = update(Job).where(Job.id == job.id, Job.status.not_in(FINISHED_STATES))
+    if job.status == "queued":
+        res = session.execute(stmt.where(Job.status == "queued").values(
+            status="cancelled", cancel_requested=True, finished_at=utcnow(), worker_id=None, lease_expires_at=None))
+        if res.rowcount:
+            add_event(session, job.id, "state", {"status": "cancelled", "attempt": job.attempts})
+            log_state(job.id, "cancelled", attempt=job.attempts, by="api")
+    else:
+        session.execute(stmt.values(cancel_requested=True))
+        add_event(session, job.id, "state", {"status": job.status, "cancel_requested": True})
+    session.flush()
+    session.refresh(job)
+    return job.status
+
+
+def reap_expired(factory: Factory, *, backoff: float, now: datetime | None = None) -> list[tuple[str, str]]:
+    """Running jobs whose lease expired (their worker died or hung): back to ``queued`` with back-off while
+    attempts remain, else ``failed`` with ``last_error`` "lease expired ..."; cancelled if a cancel was asked.
+    Queued jobs with ``cancel_requested`` become ``cancelled``. Returns (job id, new status) pairs."""
+    out: list[tuple[str, str]] = []
+    with transaction(factory, immediate=True) as session:
+        now = now or utcnow()
+        stmt = select(Job).where(Job.status == "running", Job.lease_expires_at < now).order_by(Job.id)
+        pending = select(Job).where(Job.status == "queued", Job.cancel_requested.is_(True))
+        if _is_postgres(session):
+            stmt = stmt.with_for_update(skip_locked=True)
+            pending = pending.with_for_update(skip_locked=True)
+        for job in session.scalars(stmt).all():
+            if job.cancel_requested:
+                out.append((job.id, _cancel(session, job, now)))
+                continue
+            error = f"lease expired (worker {job.worker_id} stopped renewing it; attempt {job.attempts})"
+            out.append((job.id, _retry_or_fail(session, job, error, backoff, now, retry=True)))
+        for job in session.scalars(pending).all():
+            out.append((job.id, _cancel(session, job, now)))
+    for job_id, status in out:
+        log_state(job_id, status, reason="reaper")
+    return out
+
+
+# --- what the running job writes (fenced) --------------------------------------------------------------------
+
+
+def record_progress(factory: Factory, claim: Claim, progress: float, detail: dict[str, Any]) -> None:
+    """``Job.progress`` / ``progress_detail`` and a ``progress`` event; :class:`LostLease` if not ours."""
+    progress = min(max(float(progress), 0.0), 1.0)
+    with transaction(factory) as session:
+        res = session.execute(update(Job).where(*_owned(claim.job_id, claim.worker_id, claim.attempt))
+                              .values(progress=progress, progress_detail=detail))
+        if res.rowcount != 1:
+            raise LostLease(claim.job_id)
+        add_event(session, claim.job_id, "progress", {"progress": progress, **detail})
+
+
+def save_checkpoint(factory: Factory, claim: Claim, state: dict[str, Any]) -> None:
+    """Store the estimator's checkpoint (replacing the last one); :class:`LostLease` if not ours."""
+    with transaction(factory, immediate=True) as session:
+        owned = session.execute(select(Job.id).where(*_owned(claim.job_id, claim.worker_id, claim.attempt))).first()
+        if owned is None:
+            raise LostLease(claim.job_id)
+        row = session.get(JobCheckpoint, claim.job_id)
+        if row is None:
+            session.add(JobCheckpoint(job_id=claim.job_id, state=state))
+        else:
+            row.state = state
+            row.updated_at = utcnow()
+
+
+def load_checkpoint(factory: Factory, job_id: str) -> dict[str, Any] | None:
+    with factory() as session:
+        row = session.get(JobCheckpoint, job_id)
+        return None if row is None else row.state
+
+
+def complete_job(factory: Factory, claim: Claim, summary: dict[str, Any], points: list[dict[str, Any]]) -> None:
+    """One transaction: the summary, every point value and status ``succeeded`` (or nothing at all, with
+    :class:`LostLease`, when the job is no longer ours)."""
+    with transaction(factory, immediate=True) as session:
+        now = utcnow()
+        res = session.execute(update(Job).where(*_owned(claim.job_id, claim.worker_id, claim.attempt),
+                                                Job.cancel_requested.is_(False))
+                              .values(status="succeeded", progress=1.0, finished_at=now, lease_expires_at=None,
+                                      last_error=None))
+        if res.rowcount != 1:
+            raise LostLease(claim.job_id)
+        session.add(JobResult(job_id=claim.job_id, summary=summary))
+        session.flush()
+        for start in range(0, len(points), 5000):
+            session.execute(insert(PointValue), [{"job_id": claim.job_id, **p} for p in points[start:start + 5000]])
+        session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == claim.job_id))
+        add_event(session, claim.job_id, "state", {"status": "succeeded", "attempt": claim.attempt})
+    log_state(claim.job_id, "succeeded", attempt=claim.attempt, points=len(points))
