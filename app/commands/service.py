@@ -86,7 +86,7 @@ def serve(
     if not has_keys:
         stderr.print("No API keys yet. Create the first one (shown once) in another shell:\n"
                      "    appraise keys create --org YOUR-ORG --role admin")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)  # ours has ids
 
 
 def _safe(url: str) -> str:
