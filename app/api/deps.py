@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.services.errors import Forbidden, Unauthorized
-from app.services.keys import Caller, authenticate
+from app.services.keys import Caller, authenticate, cached_caller
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer apr_...`")
 
@@ -20,29 +21,41 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One session per request, committed when the endpoint returns and *before* the response is sent
+    (``scope="function"``), so a client that reads right after a 201/202, on another connection or another API
+    process, finds what it was told exists. Async on purpose: a sync generator dependency would run its exit in
+    the threadpool, and under load those exits can starve behind the endpoints waiting for threads. The commit is
+    one short round trip (nothing for read-only requests), so it runs on the event loop."""
     factory: sessionmaker[Session] = request.app.state.sessions
-    with factory() as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_caller(
+async def get_caller(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
+    """Async so that a recently checked key costs no thread hop; a key not in the cache is looked up in the
+    threadpool (one query)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("a valid API key is required: Authorization: Bearer apr_...")
-    caller = authenticate(session, credentials.credentials)
+    cache = request.app.state.auth_cache
+    caller = cached_caller(cache, credentials.credentials)
+    if caller is None:
+        caller = await run_in_threadpool(authenticate, session, credentials.credentials, cache)
     request.state.caller = caller
     return caller
 

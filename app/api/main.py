@@ -16,6 +16,7 @@ from app.api import health, observability, problems
 from app.config import Settings, get_settings
 from app.db.migrate import check_current
 from app.db.session import make_engine, session_factory
+from app.services.keys import AuthCache
 
 API_PREFIX = "/api/v1"
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
+    app.state.auth_cache = AuthCache(ttl=settings.auth_cache_seconds)
     app.state.on_start = []
     app.state.on_stop = []
     if settings.worker_mode == "embedded":

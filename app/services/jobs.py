@@ -209,6 +209,21 @@ def list_jobs(session: Session, caller: Caller, *, status: str | None = None, li
     return list(rows), total
 
 
+def get_job_with_result(session: Session, caller: Caller, job_id: str) -> tuple[Job, dict[str, Any] | None]:
+    """:func:`get_job` and :func:`result_for_buyer` in one query (the endpoint clients poll)."""
+    row = session.execute(
+        select(Job, JobResult.summary)
+        .outerjoin(JobResult, JobResult.job_id == Job.id)
+        .where(Job.id == job_id, Job.org_id == caller.org_id)
+    ).first()
+    if row is None:
+        raise _not_found_job(job_id)
+    job, summary = row
+    if job.status != "succeeded" or summary is None:
+        return job, None
+    return job, buyer_view(job.method, summary)
+
+
 def result_for_buyer(session: Session, job: Job) -> dict[str, Any] | None:
     """The summary of a succeeded job as its owner sees it: dataset-level scores and value statistics."""
     if job.status != "succeeded":

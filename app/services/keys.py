@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -60,22 +62,63 @@ def create_key(session: Session, org: Organization, name: str | None = None) -> 
     return row, key
 
 
-def authenticate(session: Session, key: str) -> Caller:
-    """The caller behind a bearer key, or :class:`Unauthorized` (same message whatever was wrong)."""
+def authenticate(session: Session, key: str, cache: AuthCache | None = None) -> Caller:
+    """The caller behind a bearer key, or :class:`Unauthorized` (same message whatever was wrong).
+
+    One query (key joined with its organization); with ``cache``, none for a key seen in the last few seconds."""
     bad = Unauthorized("a valid API key is required: Authorization: Bearer apr_...")
-    if not key.startswith(KEY_PREFIX) or key.count("_") < 2:
+    if not key.startswith(KEY_PREFIX) or key.count("_") < 2 or len(key) > 200:
         raise bad
+    digest = hash_key(key)
+    if cache is not None and (hit := cache.get(digest)) is not None:
+        return hit
     prefix = key[len(KEY_PREFIX) :].split("_", 1)[0]
-    row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
-    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, hash_key(key)):
+    row = session.execute(
+        select(ApiKey.id, ApiKey.key_hash, ApiKey.revoked_at, ApiKey.last_used_at, Organization.id,
+               Organization.name, Organization.role)
+        .join(Organization, Organization.id == ApiKey.org_id)
+        .where(ApiKey.prefix == prefix)
+    ).first()
+    if row is None or row[2] is not None or not hmac.compare_digest(row[1], digest):
         raise bad
-    org = session.get(Organization, row.org_id)
-    if org is None:
-        raise bad
+    key_id, _, _, last_used, org_id, org_name, role = row
     now = utcnow()
-    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > LAST_USED_RESOLUTION_S:
-        _touch(session, row.id, now)
-    return Caller(org_id=org.id, org_name=org.name, role=org.role, key_id=row.id)
+    if last_used is None or (now - last_used).total_seconds() > LAST_USED_RESOLUTION_S:
+        _touch(session, key_id, now)
+    caller = Caller(org_id=org_id, org_name=org_name, role=role, key_id=key_id)
+    if cache is not None:
+        cache.put(digest, caller)
+    return caller
+
+
+def cached_caller(cache: AuthCache | None, key: str) -> Caller | None:
+    """The caller of a key checked in the last few seconds, without touching the database (None: look it up)."""
+    if cache is None or not key.startswith(KEY_PREFIX) or len(key) > 200:
+        return None
+    return cache.get(hash_key(key))
+
+
+class AuthCache:
+    """Recently authenticated keys (by hash, never the key itself) → caller, for ``ttl`` seconds: a read-heavy
+    client (polling a job) costs no authentication query. A revoked key keeps working in a process for at most
+    ``ttl`` seconds."""
+
+    def __init__(self, ttl: float = 10.0, max_entries: int = 10_000) -> None:
+        self.ttl, self.max_entries = ttl, max_entries
+        self._entries: dict[str, tuple[float, Caller]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Caller | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, digest: str, caller: Caller) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[digest] = (time.monotonic() + self.ttl, caller)
 
 
 def _touch(session: Session, key_id: str, now) -> None:

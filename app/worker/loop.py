@@ -197,6 +197,9 @@ def _child_main(config: WorkerConfig, claim: Claim, conn) -> None:
 # --- the parent ----------------------------------------------------------------------------------------------------
 
 
+#: a child that has reported its outcome gets this long to exit before it is killed
+EXIT_GRACE_S = 30.0
+
 @dataclass
 class _Running:
     claim: Claim
@@ -219,6 +222,7 @@ class Worker:
         self._wake = threading.Event()
         self._deadline = float("inf")
         self._last_reap = 0.0
+        self._exiting: list[tuple[Any, float]] = []  # children that reported and are exiting
         self.stopped = threading.Event()
 
     @property
@@ -252,6 +256,10 @@ class Worker:
                 except Exception:  # noqa: BLE001 - the reaper requeues it after the lease
                     log.exception("job_id=%s state=requeue-failed", r.claim.job_id)
             self.running.clear()
+            for process, _ in self._exiting:
+                process.join(timeout=EXIT_GRACE_S)
+                if process.is_alive():
+                    process.kill()
             self.engine.dispose()
             log.info("worker_id=%s state=stopped", self.worker_id)
             self.stopped.set()
@@ -296,10 +304,14 @@ class Worker:
     def _supervise(self) -> None:
         cfg = self.config
         flags = queue.cancel_flags(self.factory, list(self.running))
+        self._join_exiting()
         for job_id, r in list(self.running.items()):
             claim = r.claim
-            if not r.process.is_alive():
-                self._finished(r)
+            outcome = self._reported(r)
+            if outcome is not None or not r.process.is_alive():
+                # A child that has reported frees its slot at once; its process (tearing down torch takes a
+                # second or two) is joined in the background, so the next job is claimed now.
+                self._finished(r, outcome)
                 del self.running[job_id]
             elif flags.get(job_id):
                 self._kill(r)
@@ -324,14 +336,31 @@ class Worker:
                     else:
                         queue.log_state(job_id, "lost", attempt=claim.attempt, worker=self.worker_id)
 
-    def _finished(self, r: _Running) -> None:
-        r.process.join(timeout=10)
-        outcome: tuple[str, str | None] | None = None
+    @staticmethod
+    def _reported(r: _Running) -> tuple[str, str | None] | None:
         try:
-            if r.conn.poll():
-                outcome = r.conn.recv()
+            return r.conn.recv() if r.conn.poll() else None
         except (EOFError, OSError):
-            outcome = None
+            return None
+
+    def _join_exiting(self) -> None:
+        """Join children that reported and are exiting; kill one that lingers."""
+        still = []
+        for process, since in self._exiting:
+            if process.is_alive() and time.monotonic() - since > EXIT_GRACE_S:
+                process.kill()
+            if process.is_alive():
+                still.append((process, since))
+            else:
+                process.join(timeout=0)
+        self._exiting = still
+
+    def _finished(self, r: _Running, outcome: tuple[str, str | None] | None = None) -> None:
+        if outcome is None:
+            r.process.join(timeout=10)
+            outcome = self._reported(r)
+        if r.process.is_alive():
+            self._exiting.append((r.process, time.monotonic()))
         r.conn.close()
         claim, backoff = r.claim, self.config.retry_backoff_seconds
         if outcome is None:
