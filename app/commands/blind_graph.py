@@ -13,9 +13,13 @@ from pathlib import Path
 
 from app.commands.common import UsageProblem, parse_device, stderr
 from app.commands.graphs import graph_progress, report_graphs
-from app.data.errors import ShareMismatch
 from app.data.graph import read_graph
-from app.data.graph_shares import read_graph_request, read_graph_share, write_graph_request, write_graph_share
+from app.data.graph_shares import (
+    read_graph_request,
+    read_graph_scoring_shares,
+    write_graph_request,
+    write_graph_share,
+)
 from app.valuation.featural import Scaling
 from app.valuation.structural.graph_valuation import (
     GraphOptions,
@@ -72,13 +76,7 @@ def share_seller_graph(data: Path, request_path: Path, out: Path, device: str, p
 
 def score_graph(private_path: Path, seller_paths: list[Path], *, score_weights: tuple[float, float, float] | None,
                 as_json: bool, progress: bool | None = None) -> None:
-    request, buyer = read_graph_share(private_path, "buyer-private")
-    sellers = []
-    for path in seller_paths:
-        seller_request, share = read_graph_share(path, "seller")
-        if seller_request.request_id != request.request_id:
-            raise ShareMismatch(path, f"answers request {seller_request.request_id}, not {request.request_id}")
-        sellers.append(share)
+    request, buyer, sellers = read_graph_scoring_shares(private_path, seller_paths)
     options = GraphOptions(feature_view=request.feature_view, seed=request.seed, subsample=request.subsample,
                            score_weights=score_weights)
     title = f"graph score: {len(sellers)} seller{'s' if len(sellers) != 1 else ''}"

@@ -104,3 +104,18 @@ def read_graph_share(path: str | Path, role: str) -> tuple[GraphRequest, GraphSh
         return request, GraphShare("buyer", structural, feature_private=private, notes=notes)
     seller = seller_share_from(f, features) if features else None
     return request, GraphShare("seller", structural, feature_share=seller, notes=notes)
+
+
+def read_graph_scoring_shares(
+    private_path: str | Path, seller_paths: list[str] | list[Path]
+) -> tuple[GraphRequest, GraphShare, list[GraphShare]]:
+    """The broker's inputs: the buyer's private file and the sellers' shares, each checked to answer the same
+    request (:class:`ShareMismatch` naming the file that does not)."""
+    request, buyer = read_graph_share(private_path, "buyer-private")
+    sellers = []
+    for path in seller_paths:
+        seller_request, share = read_graph_share(path, "seller")
+        if seller_request.request_id != request.request_id:
+            raise ShareMismatch(path, f"answers request {seller_request.request_id}, not {request.request_id}")
+        sellers.append(share)
+    return request, buyer, sellers

@@ -24,7 +24,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.data.errors import DataError, ShareMismatch
-from app.data.graph_shares import read_graph_request, read_graph_share
+from app.data.graph_shares import read_graph_request, read_graph_scoring_shares, read_graph_share
 from app.data.shares import SHARE_LIMITS, read_private, read_request, read_seller_share, share_method
 from app.db.base import new_id
 from app.db.models import Share
@@ -247,13 +247,7 @@ def _score_graph(buyer_path: Path, seller_paths: list[Path], seller_ids: list[st
                  options: ScoreOptions) -> dict[str, Any]:
     from app.valuation.structural.graph_valuation import GraphOptions, graph_score
 
-    request, buyer = read_graph_share(buyer_path, "buyer-private")
-    sellers = []
-    for path in seller_paths:
-        seller_request, share = read_graph_share(path, "seller")
-        if seller_request.request_id != request.request_id:
-            raise ShareMismatch(path, f"answers request {seller_request.request_id}, not {request.request_id}")
-        sellers.append(share)
+    request, buyer, sellers = read_graph_scoring_shares(buyer_path, seller_paths)
     opts = GraphOptions(feature_view=request.feature_view, seed=request.seed, subsample=request.subsample,
                         score_weights=options.score_weights)
     full = graph_score(request, buyer, sellers, opts).as_dict()
