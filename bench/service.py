@@ -106,8 +106,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seconds", type=float, default=None)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--api-workers", type=int, default=1,
+                    help="uvicorn worker processes (1: one core serves, the other runs this load generator)")
     ap.add_argument("--upload-mb", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=5, help="jobs for the claim-latency measurement")
     ap.add_argument("--port", type=int, default=8731)

@@ -77,9 +77,13 @@ def iter_csv(
     path: Path,
     header: list[str],
     numeric: set[str],
-    block_bytes: int = 16 * 1024**2,
+    block_bytes: int = 1024**2,
 ) -> Iterator[RecordBlock]:
     """Stream ``path`` as record batches; ``numeric`` columns become float64, the rest strings.
+
+    ``block_bytes``: pyarrow's CSV block. Its reader decodes several blocks ahead on its threads, and its
+    allocator keeps what it used: peak memory grows with the block (validating a 300 MB CSV peaked at 554 MB
+    RSS with 16 MiB blocks, 218 MB with 1 MiB, and ran faster: 3.1 s vs 4.6 s).
 
     Empty numeric cells and missing text cells raise :class:`MissingValue`; "nan"/"inf" stay NaN/inf for
     the caller's finiteness check (so the message can say which it was).
