@@ -24,8 +24,6 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.data.errors import DataError, ShareMismatch
-from app.data.graph_shares import read_graph_request, read_graph_scoring_shares, read_graph_share
-from app.data.shares import SHARE_LIMITS, read_private, read_request, read_seller_share, share_method
 from app.db.base import new_id
 from app.db.models import Share
 from app.db.session import begin_write
@@ -34,6 +32,7 @@ from app.services.keys import Caller
 from app.storage import BlobStore, StorageLimit
 
 SHARE_KINDS = ("request", "private", "seller")
+SHARE_MAX_FILE_BYTES = 2 * 1024**3  # = app.data.shares.SHARE_LIMITS.max_file_bytes (a test checks they agree)
 SHARE_METHODS = ("relevance-diversity", "graph")
 
 
@@ -50,6 +49,11 @@ class Checked:
 
 def check_share_file(path: Path, kind: str) -> Checked:
     """Read a share file with the CLI's readers (raises :class:`DataError` naming what is wrong)."""
+    # The readers bring the valuation library (torch, POT, torch_geometric: seconds and ~450 MB); imported on
+    # first use so that an API process that never sees a share does not carry them.
+    from app.data.graph_shares import read_graph_request, read_graph_share
+    from app.data.shares import read_private, read_request, read_seller_share, share_method
+
     method = share_method(path)
     if method not in SHARE_METHODS:
         raise ShareMismatch(path, f"is for method {method!r}; blind mode supports {', '.join(SHARE_METHODS)}")
@@ -76,7 +80,7 @@ def upload_share(session: Session, caller: Caller, store: BlobStore, *, kind: st
     """Keep one uploaded share file: size-capped, validated by the share readers, written atomically."""
     if kind not in SHARE_KINDS:
         raise Invalid(f"kind must be one of {', '.join(SHARE_KINDS)}, not {kind!r}", field="kind")
-    cap = min(max_bytes, SHARE_LIMITS.max_file_bytes)
+    cap = min(max_bytes, SHARE_MAX_FILE_BYTES)
     temp = store.temp_path(".npz")
     try:
         try:
@@ -215,6 +219,7 @@ def _result(method: str, entries: list[dict[str, Any]], **fields: Any) -> dict[s
 
 def _score_features(buyer_path: Path, seller_paths: list[Path], seller_ids: list[str], private_id: str,
                     options: ScoreOptions) -> dict[str, Any]:
+    from app.data.shares import read_private, read_seller_share
     from app.valuation.relevance_diversity import DEFAULT_ALPHA, Options, rank_results, score_share
 
     private = read_private(buyer_path)
@@ -245,6 +250,7 @@ def _score_features(buyer_path: Path, seller_paths: list[Path], seller_ids: list
 
 def _score_graph(buyer_path: Path, seller_paths: list[Path], seller_ids: list[str], private_id: str,
                  options: ScoreOptions) -> dict[str, Any]:
+    from app.data.graph_shares import read_graph_scoring_shares
     from app.valuation.structural.graph_valuation import GraphOptions, graph_score
 
     request, buyer, sellers = read_graph_scoring_shares(buyer_path, seller_paths)

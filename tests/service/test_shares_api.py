@@ -238,3 +238,19 @@ def test_blind_graph_round_trip_equals_the_cli(client, orgs, tmp_path, capsys):
     for key in ("structural_disparity", "relevance", "diversity"):
         assert got[key] == cli[key]
     assert set(got) == set(cli)
+
+
+def test_share_cap_matches_the_readers_and_the_api_does_not_load_the_library_until_needed():
+    import subprocess
+    import sys
+
+    from app.data.shares import SHARE_LIMITS
+    from app.services.shares import SHARE_MAX_FILE_BYTES
+
+    assert SHARE_LIMITS.max_file_bytes == SHARE_MAX_FILE_BYTES
+    code = ("import sys, tempfile; from pathlib import Path; from app.config import Settings; "
+            "from app.api.main import create_app; "
+            "create_app(Settings(database_url='sqlite://', storage_dir=Path(tempfile.mkdtemp())), check_schema=False); "
+            "print(sorted(m for m in ('torch', 'ot', 'torch_geometric') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
