@@ -91,7 +91,7 @@ def _visible_dataset(session: Session, caller: Caller, dataset_id: str) -> Datas
 
 def check_params(method: str, params: dict[str, Any]) -> None:
     """The worker's own validation of the method's params (unknown keys, types, ranges), before queueing."""
-    from app.worker.runners import JobParamsError, validate_params
+    from app.worker.params import JobParamsError, validate_params
 
     try:
         validate_params(method, params)

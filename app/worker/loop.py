@@ -90,7 +90,8 @@ class WorkerConfig:
 
 def _dataset_files(session, job: Job, store_root: Path):
     from app.storage import BlobStore
-    from app.worker.runners import DatasetFile, JobParamsError
+    from app.worker.params import JobParamsError
+    from app.worker.runners import DatasetFile
 
     store = BlobStore(store_root)
     ids = [job.buyer_dataset_id, *job.seller_dataset_ids]

@@ -19,7 +19,7 @@ from app.services.keys import get_or_create_org
 from app.storage import BlobStore
 from app.worker import queue
 from app.worker.loop import UserError, WorkerConfig, execute_job
-from app.worker.runners import JobParamsError, validate_params
+from app.worker.params import JobParamsError, validate_params
 
 # --- helpers shared with test_worker.py ------------------------------------------------------------------------
 
@@ -314,10 +314,10 @@ def test_defaults_follow_the_cli():
     from app.commands.shapley import DEFAULT_PERMUTATIONS
     from app.valuation.featural import DEFAULT_THRESHOLD
     from app.valuation.shapley.graph_features import DEFAULT_WWL_ROUNDS
-    from app.worker import runners
+    from app.worker import params
 
-    assert (runners.DEFAULT_WWL_ROUNDS, runners.DEFAULT_PERMUTATIONS) == (DEFAULT_WWL_ROUNDS, DEFAULT_PERMUTATIONS)
-    assert runners.DEFAULT_THRESHOLD == DEFAULT_THRESHOLD
+    assert (params.DEFAULT_WWL_ROUNDS, params.DEFAULT_PERMUTATIONS) == (DEFAULT_WWL_ROUNDS, DEFAULT_PERMUTATIONS)
+    assert params.DEFAULT_THRESHOLD == DEFAULT_THRESHOLD
     p = validate_params("data-shapley", {})
     assert (p.model, p.estimator, p.k, p.seed, p.truncation, p.batch_size) == ("logistic", "tmc", 5, 0, 0.01, 64)
     assert validate_params("relevance-diversity", {"weights": [1.0, 2.0]}).weights == [1.0, 2.0]
