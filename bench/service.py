@@ -111,6 +111,7 @@ def main() -> None:
                     help="uvicorn worker processes (1: one core serves, the other runs this load generator)")
     ap.add_argument("--upload-mb", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=5, help="jobs for the claim-latency measurement")
+    ap.add_argument("--idle", type=float, default=5.0, help="seconds the worker idles before each measured job")
     ap.add_argument("--port", type=int, default=8731)
     a = ap.parse_args()
     seconds = a.seconds or (5.0 if a.quick else 15.0)
@@ -218,8 +219,9 @@ def main() -> None:
                 break
             time.sleep(0.1)
         time.sleep(1.0)
-        latencies = []
+        latencies, turnaround = [], []
         for _ in range(a.jobs):
+            time.sleep(a.idle)  # an idle worker: the previous job's process is gone, a spare (if any) is ready
             r = httpx.post(f"{base}/api/v1/jobs", headers=headers, json={
                 "method": "relevance-diversity", "buyer_dataset_id": small_id, "seller_dataset_ids": [small_id],
                 "params": {}})
@@ -233,11 +235,13 @@ def main() -> None:
                         break
                 time.sleep(0.1)
             latencies.append((j.started_at - j.created_at).total_seconds())
+            turnaround.append((j.finished_at - j.created_at).total_seconds())
             if j.status != "succeeded":
                 raise RuntimeError(f"job {jid} ended {j.status}: {j.last_error}")
         worst = max(latencies)
         rows_out.append((f"claim-to-start, idle worker ({a.jobs} jobs)",
-                         f"median {statistics.median(latencies) * 1000:.0f} ms, max {worst * 1000:.0f} ms",
+                         f"median {statistics.median(latencies) * 1000:.0f} ms, max {worst * 1000:.0f} ms "
+                         f"(submit to result: median {statistics.median(turnaround):.2f} s)",
                          "< 1 s", "met" if worst < 1 else "NOT met"))
         del big_id
         if os.environ.get("BENCH_SHOW_WORKER_LOG"):

@@ -20,6 +20,7 @@ are killed and the jobs requeued (not counted as an attempt; a checkpoint lets t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -66,6 +67,8 @@ class WorkerConfig:
     reap_seconds: float | None = None  # default: half a lease, at most 10 s
     limits: ReadLimits = field(default_factory=ReadLimits)
     chunk_rows: int = 65_536
+    #: keep one child started ahead, its imports done (torch alone takes ~2 s), for the next job
+    warm_spare: bool = True
     worker_id: str = field(default_factory=new_worker_id)
 
     @classmethod
@@ -77,7 +80,7 @@ class WorkerConfig:
             lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds,
             poll_seconds=settings.poll_seconds, retry_backoff_seconds=settings.retry_backoff_seconds,
             job_timeout_seconds=settings.job_timeout_seconds, limits=settings.read_limits(),
-            chunk_rows=settings.chunk_rows)
+            chunk_rows=settings.chunk_rows, warm_spare=settings.worker_warm_spare)
         return cls(**{**values, **overrides})
 
     @property
@@ -176,6 +179,24 @@ def _plain(detail: dict[str, Any]) -> dict[str, Any]:
     return jsonable(detail)
 
 
+def _spare_main(config: WorkerConfig, claims, conn) -> None:
+    """Entry point of a warm spare: do the heavy imports now, then wait for a claim (None: exit) and run it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import app.valuation.relevance_diversity  # noqa: F401
+    import app.valuation.shapley.montecarlo  # noqa: F401
+    import app.valuation.structural  # noqa: F401
+    import app.worker.runners  # noqa: F401
+
+    try:
+        claim = claims.recv()
+    except (EOFError, OSError):  # the parent is gone
+        return
+    finally:
+        claims.close()
+    if claim is not None:
+        _child_main(config, claim, conn)
+
+
 def _child_main(config: WorkerConfig, claim: Claim, conn) -> None:
     """Entry point of the spawned child: run the job, send (outcome, message) to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the parent decides
@@ -224,6 +245,7 @@ class Worker:
         self._deadline = float("inf")
         self._last_reap = 0.0
         self._exiting: list[tuple[Any, float]] = []  # children that reported and are exiting
+        self._spare: tuple[Any, Any, Any] | None = None  # (process, claim sender, result receiver)
         self.stopped = threading.Event()
 
     @property
@@ -257,6 +279,7 @@ class Worker:
                 except Exception:  # noqa: BLE001 - the reaper requeues it after the lease
                     log.exception("job_id=%s state=requeue-failed", r.claim.job_id)
             self.running.clear()
+            self._drop_spare()
             for process, _ in self._exiting:
                 process.join(timeout=EXIT_GRACE_S)
                 if process.is_alive():
@@ -279,9 +302,49 @@ class Worker:
             if claim is None:
                 break
             self._start(claim)
+        self._ensure_spare()
         return True
 
+    def _ensure_spare(self) -> None:
+        if not self.config.warm_spare or self._stopping.is_set():
+            return
+        if self._spare is not None and self._spare[0].is_alive():
+            return
+        self._drop_spare()
+        claims_receive, claims_send = self._ctx.Pipe(duplex=False)
+        receive, send = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=_spare_main, args=(self.config, claims_receive, send), daemon=True,
+                                    name="appraise-job-spare")
+        process.start()
+        claims_receive.close()
+        send.close()
+        self._spare = (process, claims_send, receive)
+
+    def _drop_spare(self) -> None:
+        if self._spare is None:
+            return
+        process, claims_send, receive = self._spare
+        self._spare = None
+        with contextlib.suppress(OSError, ValueError):
+            claims_send.send(None)
+        claims_send.close()
+        receive.close()
+        self._exiting.append((process, time.monotonic()))
+
     def _start(self, claim: Claim) -> None:
+        if self._spare is not None and self._spare[0].is_alive():
+            process, claims_send, receive = self._spare
+            self._spare = None
+            try:
+                claims_send.send(claim)
+                claims_send.close()
+            except (OSError, ValueError):
+                process.kill()
+                receive.close()
+            else:
+                now = time.monotonic()
+                self.running[claim.job_id] = _Running(claim, process, receive, now, now)
+                return
         receive, send = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(target=_child_main, args=(self.config, claim, send), daemon=True,
                                     name=f"appraise-job-{claim.job_id}")
