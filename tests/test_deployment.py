@@ -20,12 +20,19 @@ def compose_command() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def test_compose_file_is_valid():
+@pytest.fixture
+def compose() -> list[str]:
+    """The compose client; CI must have one (.ci/run installs it), elsewhere its tests skip without."""
     cmd = compose_command()
     if cmd is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI must have `docker compose` or docker-compose (.ci/run installs it)")
         pytest.skip("no docker compose client on this machine")
+    return cmd
+
+
+def test_compose_file_is_valid(compose):
+    cmd = compose
     proc = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -38,13 +45,9 @@ def test_dockerfile_installs_the_package_and_runs_the_cli():
     assert "USER appraise" in text  # never run as root in the container
 
 
-def test_compose_has_the_service_topology():
+def test_compose_has_the_service_topology(compose):
     """postgres, a one-shot migration, the API and a GPU worker sharing the blob store volume."""
-    cmd = compose_command()
-    if cmd is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must have `docker compose` or docker-compose (.ci/run installs it)")
-        pytest.skip("no docker compose client on this machine")
+    cmd = compose
     proc = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
