@@ -128,6 +128,12 @@ def validate_request(session: Session, caller: Caller, req: JobRequest) -> None:
     buyer = _own_dataset(session, caller, req.buyer_dataset_id)
     sellers = [_visible_dataset(session, caller, sid) for sid in req.seller_dataset_ids]
     _check_datasets(req, buyer, sellers)
+    base_id = req.params.get("base_dataset_id")
+    if base_id is not None:  # the buyer's own training set: the caller's, of the buyer dataset's kind, labelled
+        base = _own_dataset(session, caller, base_id)
+        if base.kind != buyer.kind or not base.has_labels:
+            raise Invalid(f"params.base_dataset_id: dataset {base_id} must be a labelled {buyer.kind} like the "
+                          "buyer dataset", field="params")
 
 
 def submit_job(session: Session, caller: Caller, req: JobRequest, *, idempotency_key: str | None = None,

@@ -97,7 +97,8 @@ def _dataset_files(session, job: Job, store_root: Path):
     from app.worker.runners import DatasetFile
 
     store = BlobStore(store_root)
-    ids = [job.buyer_dataset_id, *job.seller_dataset_ids]
+    base_id = (job.params or {}).get("base_dataset_id")
+    ids = [job.buyer_dataset_id, *job.seller_dataset_ids, *([base_id] if base_id else [])]
     rows = {d.id: d for d in session.query(Dataset).filter(Dataset.id.in_(ids)).all()}
     files = []
     for ds_id in ids:
@@ -106,7 +107,8 @@ def _dataset_files(session, job: Job, store_root: Path):
             raise JobParamsError(f"dataset {ds_id} no longer exists")
         files.append(DatasetFile(id=d.id, org_id=d.org_id, kind=d.kind, filename=d.filename,
                                  paths=tuple(store.path(k) for k in d.storage_keys), label_column=d.label_column))
-    return files[0], files[1:]
+    sellers = files[1 : 1 + len(job.seller_dataset_ids)]
+    return files[0], sellers, (files[-1] if base_id else None)
 
 
 def execute_job(config: WorkerConfig, claim: Claim, *, parent_pid: int | None = None) -> None:
@@ -123,10 +125,10 @@ def execute_job(config: WorkerConfig, claim: Claim, *, parent_pid: int | None = 
             job = session.get(Job, claim.job_id)
             if job is None:
                 raise LostLease(claim.job_id)
-            buyer, sellers = _dataset_files(session, job, Path(config.storage_dir))
+            buyer, sellers, base = _dataset_files(session, job, Path(config.storage_dir))
             job_input = JobInput(method=job.method, params=dict(job.params or {}), buyer=buyer, sellers=sellers,
-                                 device=config.device, limits=config.limits, chunk_rows=config.chunk_rows)
-        names = {str(p): f.filename for f in (buyer, *sellers) for p in f.paths}
+                                 device=config.device, limits=config.limits, chunk_rows=config.chunk_rows, base=base)
+        names = {str(p): f.filename for f in (buyer, *sellers, *([base] if base else [])) for p in f.paths}
 
         def check_parent() -> None:
             if parent_pid is not None and os.getppid() != parent_pid:

@@ -82,6 +82,8 @@ class _ModelParams(_Params):
     wwl_rounds: int = Field(DEFAULT_WWL_ROUNDS, ge=0)
     seed: int = Field(0, ge=0)
     threads: int = Field(1, ge=1, le=256)
+    #: the buyer's own training set (one of its datasets), in every coalition's model: the CLI's ``--base``
+    base_dataset_id: str | None = Field(None, min_length=1, max_length=64)
 
 
 class DataShapleyParams(_ModelParams):

@@ -93,6 +93,7 @@ class JobInput:
     device: str = "cpu"
     limits: ReadLimits | None = None
     chunk_rows: int = 65_536
+    base: DatasetFile | None = None  # the buyer's own training set (Shapley methods' params.base_dataset_id)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -268,9 +269,9 @@ def _read_labelled(job: JobInput, ds: DatasetFile, label_column: str | None, rol
 
 
 def _load_labelled(job: JobInput, p: _Params, model: str, sgc_hops: int = 2,
-                   wwl_rounds: int = DEFAULT_WWL_ROUNDS) -> tuple[_Labelled, list[_Labelled]]:
-    """The buyer's validation set and each seller's labelled points (each dataset with its own label column
-    unless ``params.label_column`` names one)."""
+                   wwl_rounds: int = DEFAULT_WWL_ROUNDS) -> tuple[_Labelled, list[_Labelled], _Labelled | None]:
+    """The buyer's validation set, each seller's labelled points and the buyer's base set if any (each dataset
+    with its own label column unless ``params.label_column`` names one)."""
     from app.data.errors import ColumnError
     from app.data.tabular import check_same_columns, open_table
 
@@ -280,11 +281,18 @@ def _load_labelled(job: JobInput, p: _Params, model: str, sgc_hops: int = 2,
             check_same_columns(head, open_table(s.spec, label_column=_label(s, p), limits=job.limits))
     val = _read_labelled(job, job.buyer, _label(job.buyer, p), "buyer's validation", model, sgc_hops, wwl_rounds)
     parts = [_read_labelled(job, s, _label(s, p), "seller's", model, sgc_hops, wwl_rounds) for s in job.sellers]
-    for part, ds in zip(parts, job.sellers, strict=True):
+    checked = list(zip(parts, job.sellers, strict=True))
+    base = None
+    if job.base is not None:
+        if model not in GRAPH_MODELS:
+            check_same_columns(head, open_table(job.base.spec, label_column=_label(job.base, p), limits=job.limits))
+        base = _read_labelled(job, job.base, _label(job.base, p), "buyer's base", model, sgc_hops, wwl_rounds)
+        checked.append((base, job.base))
+    for part, ds in checked:
         if part.x.shape[1] != val.x.shape[1]:
             raise ColumnError(ds.filename, f"has {part.x.shape[1]} features; the buyer's {job.buyer.filename} has "
                                            f"{val.x.shape[1]}")
-    return val, parts
+    return val, parts, base
 
 
 def _labels(parts: list[_Labelled]) -> np.ndarray:
@@ -297,11 +305,12 @@ def _labels(parts: list[_Labelled]) -> np.ndarray:
 def _model_utility(job: JobInput, p: _ModelParams):
     from app.valuation.shapley.utilities import ModelConfig, ModelUtility
 
-    val, parts = _load_labelled(job, p, p.model, p.sgc_hops, p.wwl_rounds)
+    val, parts, base = _load_labelled(job, p, p.model, p.sgc_hops, p.wwl_rounds)
     config = ModelConfig(model="logistic" if p.model in GRAPH_MODELS else p.model, metric=p.metric, k=p.k,
                          seed=p.seed, threads=p.threads)
     utility = ModelUtility(np.concatenate([q.x for q in parts]), _labels(parts), val.x, val.y, config=config,
-                           device=_device(job))
+                           device=_device(job), x_base=None if base is None else base.x,
+                           y_base=None if base is None else base.y)
     return config, utility, parts
 
 
@@ -387,7 +396,7 @@ def run_knn_shapley(job: JobInput, hooks: Hooks) -> RunOutput:
     from app.valuation.shapley.knn import knn_full_utility, knn_shapley
 
     p: KnnShapleyParams = validate_params(job.method, job.params)  # type: ignore[assignment]
-    val, parts = _load_labelled(job, p, "knn")
+    val, parts, _ = _load_labelled(job, p, "knn")
     x, y = np.concatenate([q.x for q in parts]), _labels(parts)
     hooks.progress(0.0, {"stage": "knn", "points": int(len(y)), "queries": int(len(val.y))})
     values = knn_shapley(x, y, val.x, val.y, p.k, device=_device(job))

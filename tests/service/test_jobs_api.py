@@ -511,3 +511,18 @@ def test_writes_survive_a_commit_by_another_connection_after_the_requests_first_
         cancelled, now = service.cancel_job(s, caller, job.id)
         s.commit()
     assert now and cancelled.status == "cancelled"
+
+
+def test_base_dataset_must_be_the_buyers_own_labelled_dataset_of_the_same_kind(client, world):
+    buyer = world["buyer"]
+    ok = submit(client, buyer, "data-shapley", world["b_table"], [world["s_table"]],
+                {"base_dataset_id": world["b_table"]})
+    assert ok.status_code == 202 and ok.json()["params"]["base_dataset_id"] == world["b_table"]
+    for base, status in ((world["s_table"], 404), (world["x_table"], 404), ("nope", 404),
+                         (world["b_unlabelled"], 422), (world["b_graph"], 422)):
+        r = submit(client, buyer, "data-shapley", world["b_table"], [world["s_table"]], {"base_dataset_id": base})
+        assert r.status_code == status, (base, r.text)
+        assert r.headers["content-type"] == PROBLEM
+    base = {"base_dataset_id": world["b_table"]}
+    r = submit(client, buyer, "knn-shapley", world["b_table"], [world["s_table"]], base)
+    assert r.status_code == 422 and "base_dataset_id" in r.json()["detail"]

@@ -368,3 +368,33 @@ def test_data_shapley_other_estimators_equal_the_library(world, estimator):
     else:
         assert [r.stderr for r in rows] == pytest.approx(ref.standard_errors.tolist(), rel=1e-12)
     assert world.result(job)["sellers"][0]["value_stats"]["count"] == 6
+
+
+def test_data_shapley_with_the_buyers_base_set_equals_the_cli(world, tmp_path, capsys):
+    """params.base_dataset_id is the CLI's --base: the buyer's own training set in every coalition's model."""
+    import json
+
+    from app.cli import main
+
+    buyer, sellers = _tables(world, n_sellers=1, n=8)
+    xb, yb = labelled(20, 99, shift=-0.2)
+    base = world.dataset(world.buyer_org, {"base.csv": csv_bytes(xb, yb)}, label_column="label")
+    params = {"seed": 5, "estimator": "tmc", "max_permutations": 16, "base_dataset_id": base}
+    job = world.job("data-shapley", buyer, sellers, params)
+    assert world.run_in_process(job).status == "succeeded"
+    got = [r.value for r in sorted(world.points(job), key=lambda r: r.idx)]
+    summary = world.result(job)
+
+    capsys.readouterr()
+    files = {name: str(_paths(world, ds)[0]) for name, ds in (("buyer", buyer), ("seller", sellers[0]), ("base", base))}
+    main(["value", "data-shapley", "--buyer", files["buyer"], "--seller", files["seller"], "--base", files["base"],
+          "--seed", "5", "--max-permutations", "16", "--json"])
+    cli = json.loads(capsys.readouterr().out)
+    assert got == pytest.approx(cli["values"], abs=1e-12)
+    assert summary["u_empty"] == pytest.approx(cli["u_empty"], abs=1e-12)
+    yv = _xy(world, buyer)[1]
+    majority = np.unique(yv, return_counts=True)[1].max() / len(yv)  # U(∅) without a base set
+    assert summary["u_empty"] != pytest.approx(majority)  # with one, U(∅) is the base-only model's score
+
+    with pytest.raises(JobParamsError, match="base_dataset_id"):
+        validate_params("knn-shapley", {"base_dataset_id": base})
