@@ -50,6 +50,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 db_app.command("upgrade")(service.db_upgrade)
 keys_app.command("create")(service.keys_create)
+keys_app.command("revoke")(service.keys_revoke)
 app.command("serve")(service.serve)
 app.command("worker")(worker_command)
 

@@ -52,6 +52,28 @@ def keys_create(
         stderr.print(f"API key for {out['org']} ({out['role']}); shown once, store it now")
 
 
+def keys_revoke(
+    prefix: str = typer.Argument(..., help="The key's prefix (the part after apr_, or the whole key)"),
+) -> None:
+    """Revoke an API key (running API processes stop accepting it within APPRAISE_AUTH_CACHE_SECONDS)."""
+    from app.config import get_settings
+    from app.db.migrate import SchemaNotCurrent, check_current
+    from app.db.session import make_engine, session_factory, transaction
+    from app.services.errors import ServiceError
+    from app.services.keys import revoke_key
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        check_current(engine)
+        with transaction(session_factory(engine)) as session:
+            row = revoke_key(session, prefix)
+            stderr.print(f"revoked key {row.prefix} at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+    except (SchemaNotCurrent, ServiceError) as exc:
+        raise UsageProblem(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
     port: int = typer.Option(8000, help="Port"),

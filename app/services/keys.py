@@ -62,6 +62,18 @@ def create_key(session: Session, org: Organization, name: str | None = None) -> 
     return row, key
 
 
+def revoke_key(session: Session, prefix: str) -> ApiKey:
+    """Revoke the key with this public prefix (``apr_<prefix>_...``): it stops authenticating at once in new API
+    processes and within the auth cache's TTL in running ones."""
+    prefix = prefix.removeprefix(KEY_PREFIX).split("_", 1)[0]
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if row is None:
+        raise Invalid(f"no API key with prefix {prefix!r}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
 def authenticate(session: Session, key: str, cache: AuthCache | None = None) -> Caller:
     """The caller behind a bearer key, or :class:`Unauthorized` (same message whatever was wrong).
 

@@ -115,3 +115,37 @@ def test_keys_create_cli(tmp_path, monkeypatch, capsys):
     finally:
         get_settings.cache_clear()
     assert head_revision() is not None
+
+
+def test_revoked_keys_stop_authenticating(client, make_org, settings):
+    from app.db.session import transaction
+    from app.services.keys import revoke_key
+
+    org = make_org("acme", "buyer")
+    assert client.get("/api/v1/whoami", headers=org.headers).status_code == 200
+    engine = make_engine(settings.database_url)
+    with transaction(session_factory(engine)) as s:
+        revoke_key(s, org.key)  # the whole key works as well as its prefix
+    engine.dispose()
+    client.app.state.auth_cache = type(client.app.state.auth_cache)(ttl=10.0)  # a new API process: empty cache
+    r = client.get("/api/v1/whoami", headers=org.headers)
+    assert r.status_code == 401 and r.headers["content-type"] == PROBLEM
+
+
+def test_keys_revoke_cli(tmp_path, monkeypatch, capsys):
+    from app.cli import main
+    from app.config import get_settings
+
+    monkeypatch.setenv("APPRAISE_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    get_settings.cache_clear()
+    try:
+        main(["db", "upgrade"])
+        main(["keys", "create", "--org", "acme", "--role", "buyer", "--json"])
+        key = json.loads(capsys.readouterr().out)["key"]
+        main(["keys", "revoke", key.split("_")[1]])
+        assert "revoked key" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exc:
+            main(["keys", "revoke", "nosuchprefix"])
+        assert exc.value.code == 2 and "no API key with prefix" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
