@@ -215,7 +215,6 @@ def main() -> None:
                          f"{wall:.1f} s ({size_mb / wall:,.0f} MB/s); server RSS +{growth:,.0f} MB "
                          f"(before {before:,.0f} MB)",
                          "RSS growth < 200 MB", "met" if growth < 200 else "NOT met"))
-        big_id = r.json()["id"]
 
         # 3. claim-to-start latency with an idle worker
         small = tmp / "small.csv"
@@ -259,7 +258,6 @@ def main() -> None:
                          f"median {statistics.median(latencies) * 1000:.0f} ms, max {worst * 1000:.0f} ms "
                          f"(submit to result: median {statistics.median(turnaround):.2f} s)",
                          "< 1 s", "met" if worst < 1 else "NOT met"))
-        del big_id
         if os.environ.get("BENCH_SHOW_WORKER_LOG"):
             print((tmp / "worker.log").read_text()[-3000:])
         engine.dispose()

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
+from app.db.session import transaction
 from app.services.errors import Forbidden, Unauthorized
 from app.services.keys import Caller, authenticate, cached_caller
 
@@ -28,15 +29,8 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     the threadpool, and under load those exits can starve behind the endpoints waiting for threads. The commit is
     one short round trip (nothing for read-only requests), so it runs on the event loop."""
     factory: sessionmaker[Session] = request.app.state.sessions
-    session = factory()
-    try:
+    with transaction(factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
