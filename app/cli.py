@@ -2,6 +2,9 @@
 
 User mistakes (bad files, contradictory options) print one line on stderr naming the file and the problem and
 exit with status 2; nothing is half-written. ``--debug`` shows the traceback instead.
+
+Start-up is light: ``appraise --help``, ``--version`` and the service commands (``keys``, ``db``, ``users``)
+import no torch, POT or torch_geometric; a valuation imports what its method uses when it runs.
 """
 
 from __future__ import annotations
@@ -12,12 +15,11 @@ from pathlib import Path
 import typer
 
 from app import __version__
-from app.commands import blind, graphs, relevance_diversity, service, shapley
+from app.commands import blind, service
 from app.commands.common import UsageProblem, stderr
+from app.commands.value import value_command
 from app.commands.worker import worker as worker_command
-from app.data.errors import DataError
-from app.data.tabular import validate_table
-from app.valuation.errors import ValuationError
+from app.methods import METHODS
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
@@ -34,12 +36,8 @@ share_app = typer.Typer(help="Blind mode: compute and write a party's share.", n
 app.add_typer(value_app, name="value")
 app.add_typer(share_app, name="share")
 
-value_app.command("relevance-diversity")(relevance_diversity.value_relevance_diversity)
-value_app.command("structural-disparity")(graphs.value_structural_disparity)
-value_app.command("graph")(graphs.value_graph)
-value_app.command("data-shapley")(shapley.value_data_shapley)
-value_app.command("knn-shapley")(shapley.value_knn_shapley)
-value_app.command("seller-shapley")(shapley.value_seller_shapley)
+for _method in METHODS.values():
+    value_app.command(_method.id, help=_method.description)(value_command(_method))
 share_app.command("buyer")(blind.share_buyer)
 share_app.command("seller")(blind.share_seller)
 app.command("score")(blind.score)
@@ -50,6 +48,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 db_app.command("upgrade")(service.db_upgrade)
 keys_app.command("create")(service.keys_create)
+keys_app.command("list")(service.keys_list)
 keys_app.command("revoke")(service.keys_revoke)
 app.command("serve")(service.serve)
 app.command("worker")(worker_command)
@@ -76,10 +75,13 @@ def validate(
 ) -> None:
     """Read a table fully and report its shape, or the first problem in it."""
     from app.config import get_settings
+    from app.data.tabular import validate_table
 
     info = validate_table(path, label_column=label_column, limits=get_settings().read_limits())
-    label = f", label column {info.label_column!r}" if info.label_column else ", no labels"
-    typer.echo(f"{info.path}: {info.format}, {info.rows:,} rows × {len(info.columns)} features{label}")
+    label = f"label column {info.label_column!r}" if info.label_column else "label: none"
+    typer.echo(f"{info.path}: {info.format}, {info.rows:,} rows × {len(info.columns)} features, {label}")
+    for warning in info.warnings:
+        stderr.print(f"[yellow]warning[/]: {info.path}: {warning}", highlight=False)
 
 
 try:  # typer >= 0.29 bundles its own click
@@ -87,6 +89,16 @@ try:  # typer >= 0.29 bundles its own click
 except ImportError:  # pragma: no cover - older typer with click installed
     from click.exceptions import ClickException as _CLICK_ERRORS
 _CLICK_ABORT = typer.Abort
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that are the user's mistakes (one line, exit 2): imported only once an error happened, so
+    that nothing heavy loads at start."""
+    from app.data.errors import DataError
+    from app.methods.params import ParamsError
+    from app.valuation.errors import ValuationError
+
+    return DataError, ValuationError, ParamsError, UsageProblem
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,15 +111,17 @@ def main(argv: list[str] | None = None) -> None:
         app(args=args, standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (DataError, ValuationError, UsageProblem) as exc:
-        if _debug:
-            raise
-        stderr.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         stderr.print("interrupted")
         sys.exit(130)
     except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            if _debug:
+                raise
+            from rich.markup import escape
+
+            stderr.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
+            sys.exit(EXIT_USER_ERROR)
         if isinstance(exc, _CLICK_ERRORS):  # usage errors: click prints its own one-line message
             exc.show()
             sys.exit(exc.exit_code)
@@ -115,8 +129,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
         if _debug:
             raise
+        from rich.markup import escape
+
         stderr.print(
-            f"[bold red]internal error[/]: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            f"[bold red]internal error[/]: {type(exc).__name__}: {escape(str(exc))} (run with --debug for the "
+            "traceback)",
             highlight=False,
             soft_wrap=True,
         )

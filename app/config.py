@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,29 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(5.0, ge=0, description="Wait before a retry; doubles per attempt")
     auth_cache_seconds: float = Field(10.0, ge=0, description="How long an API process trusts a checked key")
     job_timeout_seconds: float = Field(24 * 3600.0, gt=0, description="A job running longer is stopped and failed")
+    worker_short_slots: int = Field(
+        1, ge=0, description="Job slots a worker keeps for short (not Monte Carlo) jobs, on top of its concurrency, "
+                             "so a long job never holds a short one back")
+    cancel_grace_seconds: float = Field(
+        10.0, ge=0, description="A cancelled running job may take this long to stop on its own (a Monte Carlo job "
+                                "keeps the values it has) before its process is killed")
+
+    # --- caps on what a job may ask for (submission answers 422 naming the cap) -----------------------------
+    max_sellers: int = Field(100, ge=1, description="Seller datasets in one job")
+    max_permutations: int = Field(100_000, ge=1, description="Monte Carlo permutation (or sample) budget of a job")
+    default_time_budget_seconds: float = Field(
+        1800.0, gt=0, description="Time budget of a Monte Carlo job that sets none (its values so far are kept)")
+    max_time_budget_seconds: float = Field(6 * 3600.0, gt=0, description="Largest time budget a job may set")
+    max_decoys: int = Field(1024, ge=0, description="Decoy directions in a blind request")
+    max_threads: int = Field(max(os.cpu_count() or 1, 1), ge=1, description="CPU threads a job may use")
+    max_batch_size: int = Field(4096, ge=1, description="Permutations (or subsets) per Monte Carlo batch")
+    max_subsample: int = Field(1_000_000, ge=2, description="Embedding rows each party may send (graphs)")
+
+    def caps(self):
+        """The caps on job parameters (:class:`app.methods.params.Caps`)."""
+        from app.methods.params import Caps
+
+        return Caps.from_settings(self)
 
     def read_limits(self) -> ReadLimits:
         return ReadLimits(

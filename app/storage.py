@@ -9,19 +9,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 
 class StorageLimit(Exception):
     """A stream went over its size cap (the partial file is gone)."""
-
-
-@dataclass(frozen=True)
-class Stored:
-    key: str
-    size: int
-    sha256: str
 
 
 class BlobStore:

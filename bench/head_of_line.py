@@ -122,7 +122,7 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=60)
 
-    print(f"\n| long job | short jobs | submit→result median s | max s | long job when the last short one ended |")
+    print("\n| long job | short jobs | submit→result median s | max s | long job when the last short one ended |")
     print("|---|---|---|---|---|")
     print(f"| data-shapley, {args.long_seconds:g} s budget | {len(latencies)} | {statistics.median(latencies):.2f} | "
           f"{max(latencies):.2f} | {long_state} |")

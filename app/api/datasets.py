@@ -7,25 +7,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import CallerDep, SessionDep, SettingsDep
+from app.api.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep
 from app.api.problems import responses
 from app.api.uploads import receive_form
 from app.db.models import Dataset
 from app.services import datasets as service
-from app.storage import BlobStore
 
 router = APIRouter(tags=["datasets"])
-
-
-def blob_store(request: Request) -> BlobStore:
-    """The app's blob store (one per app, made on first use)."""
-    store = getattr(request.app.state, "blob_store", None)
-    if store is None:
-        store = request.app.state.blob_store = BlobStore(request.app.state.settings.storage_dir)
-    return store
 
 
 class DatasetFile(BaseModel):
@@ -54,6 +45,8 @@ class DatasetOut(BaseModel):
     has_labels: bool
     label_column: str | None
     files: list[DatasetFile]
+    warnings: list[str] = Field(default_factory=list, description="What validation noticed but accepted, e.g. a "
+                                                                  "column that looks like an unnamed label")
     created_at: datetime
 
     @classmethod
@@ -63,7 +56,8 @@ class DatasetOut(BaseModel):
                    size_bytes=row.size_bytes, sha256=row.sha256, rows=row.rows, columns=row.columns,
                    features=meta.get("features"), nodes=row.nodes, edges=row.edges, graphs=row.graphs,
                    has_labels=row.has_labels, label_column=row.label_column,
-                   files=[DatasetFile(**f) for f in meta.get("files", [])], created_at=row.created_at)
+                   files=[DatasetFile(**f) for f in meta.get("files", [])], warnings=meta.get("warnings", []),
+                   created_at=row.created_at)
 
 
 class DatasetPage(BaseModel):
@@ -99,15 +93,13 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 @router.post("/datasets", operation_id="create_dataset", status_code=201, openapi_extra=_UPLOAD_BODY,
              responses=responses(401, 413, 415, 422))
-async def create_dataset(request: Request, caller: CallerDep, session: SessionDep,
-                         settings: SettingsDep) -> DatasetOut:
+async def create_dataset(request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep,
+                         store: BlobStoreDep) -> DatasetOut:
     """Upload a table or a graph (``multipart/form-data``); it is validated before it is stored."""
-    store = blob_store(request)
     form = await receive_form(request, store, max_file_bytes=settings.max_upload_bytes,
                               file_fields=("file", "edges"), text_fields=("name", "kind", "label_column"),
                               suffixes=service.UPLOAD_SUFFIXES)
     try:
-        request.state.upload_names = form.temp_names()
         files = {k: service.UploadedFile(field=f.field, filename=f.filename, temp=f.temp, size_bytes=f.size_bytes,
                                          sha256=f.sha256) for k, f in form.files.items()}
         new = service.NewDataset(name=form.fields.get("name"), kind=form.fields.get("kind"),
@@ -135,18 +127,18 @@ def get_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> Data
 
 @router.delete("/datasets/{dataset_id}", operation_id="delete_dataset", status_code=204,
                responses=responses(401, 404, 409))
-def delete_dataset(dataset_id: str, request: Request, caller: CallerDep, session: SessionDep) -> Response:
+def delete_dataset(dataset_id: str, caller: CallerDep, session: SessionDep, store: BlobStoreDep) -> Response:
     """Delete a dataset, its files and its listings (409 while a queued or running job uses it)."""
-    service.delete_dataset(session, blob_store(request), caller, dataset_id)
+    service.delete_dataset(session, store, caller, dataset_id)
     return Response(status_code=204)
 
 
 @router.get("/datasets/{dataset_id}/download", operation_id="download_dataset", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}, "text/csv": {}},
                              "description": "The file as uploaded"}, **responses(401, 404, 422)})
-def download_dataset(dataset_id: str, request: Request, caller: CallerDep, session: SessionDep,
+def download_dataset(dataset_id: str, caller: CallerDep, session: SessionDep, store: BlobStoreDep,
                      part: Literal["file", "edges"] = "file") -> FileResponse:
     """The raw file as uploaded (owner only); ``part=edges`` for the edges file of a CSV graph."""
     row = service.get_dataset(session, caller, dataset_id)
-    path, filename, media_type = service.dataset_file(blob_store(request), row, part)
+    path, filename, media_type = service.dataset_file(store, row, part)
     return FileResponse(path, media_type=media_type, filename=filename)

@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db.session import transaction
 from app.services.errors import Forbidden, Unauthorized
 from app.services.keys import Caller, authenticate, cached_caller
+from app.storage import BlobStore
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer apr_...`")
 
@@ -33,8 +34,17 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         yield session
 
 
+def get_blob_store(request: Request) -> BlobStore:
+    """The app's one blob store (datasets, shares), made on first use."""
+    store = getattr(request.app.state, "blob_store", None)
+    if store is None:
+        store = request.app.state.blob_store = BlobStore(request.app.state.settings.storage_dir)
+    return store
+
+
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+BlobStoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 
 
 async def get_caller(

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import CallerDep, SessionDep, SettingsDep, require_role
 from app.api.problems import responses
-from app.db.models import Job, PointValue
+from app.db.models import Job, JobStatus, PointValue
 from app.services import jobs as service
 
 router = APIRouter(tags=["jobs"])
@@ -27,25 +27,31 @@ EVENTS_KEEPALIVE_SECONDS = 15.0
 
 
 class JobCreate(BaseModel):
+    """The body of ``POST /jobs``. ``params`` are validated with the method's model (``GET /methods`` gives its
+    JSON Schema; the OpenAPI document lists each method's body)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    method: str = Field(description="relevance-diversity | structural-disparity | graph | data-shapley | "
-                                    "knn-shapley | seller-shapley", max_length=40)
+    method: str = Field(description="A method id of GET /api/v1/methods", max_length=40)
     buyer_dataset_id: str = Field(description="The buyer's own dataset", max_length=64)
     seller_dataset_ids: list[Annotated[str, Field(max_length=64)]] = Field(
-        description="Datasets to value: the caller's own or listed to it", max_length=service.MAX_SELLERS)
+        description="Datasets to value: the caller's own or listed to it", max_length=1000)
     params: dict[str, Any] = Field(default_factory=dict, description="Method options (as the CLI's, snake_case)")
 
 
 class JobOut(BaseModel):
     id: str
     method: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     progress: float = Field(description="Fraction done, 0 to 1")
     progress_detail: dict[str, Any] = Field(description="Method-specific progress (e.g. permutations, max stderr)")
-    buyer_dataset_id: str
-    seller_dataset_ids: list[str]
-    params: dict[str, Any]
+    buyer_dataset_id: str | None = Field(description="The buyer's dataset (null for a blind-scoring job)")
+    seller_dataset_ids: list[str | None] = Field(
+        description="The sellers' datasets in the order given; null where a seller deleted its dataset since")
+    params: dict[str, Any] = Field(description="The params as submitted")
+    resolved_params: dict[str, Any] | None = Field(
+        None, description="Every parameter with its default filled in (and the server's time budget)")
+    lane: Literal["short", "long"] = Field(description="short jobs also run in the slot kept for them")
     attempts: int
     max_attempts: int
     cancel_requested: bool
@@ -55,7 +61,8 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     updated_at: datetime
     result: dict[str, Any] | None = Field(
-        None, description="When succeeded: dataset-level scores (S, D, R) and value statistics per seller")
+        None, description="Once stored (succeeded, or cancelled with the values it had): dataset-level scores (S, "
+                          "D, R) and value statistics per seller, with the reproducibility record")
 
 
 class JobPage(BaseModel):
@@ -93,7 +100,8 @@ def job_out(job: Job, result: dict[str, Any] | None = None) -> JobOut:
     return JobOut(
         id=job.id, method=job.method, status=job.status, progress=job.progress or 0.0,
         progress_detail=job.progress_detail or {}, buyer_dataset_id=job.buyer_dataset_id,
-        seller_dataset_ids=[str(s) for s in job.seller_dataset_ids or []], params=job.params or {},
+        seller_dataset_ids=job.seller_dataset_ids, params=job.params or {}, resolved_params=job.resolved_params,
+        lane=job.lane,
         attempts=job.attempts, max_attempts=job.max_attempts, cancel_requested=bool(job.cancel_requested),
         last_error=_one_line(job.last_error), created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, updated_at=job.updated_at, result=result,
@@ -120,8 +128,8 @@ def create_job(
     """Queue a valuation job. The same `Idempotency-Key` with the same body returns the same job."""
     require_role(caller, "buyer")
     req = service.JobRequest(body.method, body.buyer_dataset_id, list(body.seller_dataset_ids), body.params)
-    job, created = service.submit_job(session, caller, req, idempotency_key=idempotency_key,
-                                      max_attempts=settings.max_attempts)
+    job, created = service.submit_job(session, caller, req, limits=service.Limits.from_settings(settings),
+                                      idempotency_key=idempotency_key, max_attempts=settings.max_attempts)
     response.headers["Location"] = _location(job.id)
     if not created:
         response.headers["Idempotency-Replayed"] = "true"

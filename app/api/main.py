@@ -7,9 +7,14 @@ schema is not at the migrations' head, and with ``worker_mode = embedded`` it ru
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.api import health, observability, problems
@@ -19,6 +24,7 @@ from app.db.session import make_engine, session_factory
 from app.services.keys import AuthCache
 
 API_PREFIX = "/api/v1"
+STATIC = Path(__file__).resolve().parents[1] / "static"
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -48,6 +54,8 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
         description="What a seller's data is worth to a buyer, before raw data changes hands.",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -56,7 +64,7 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     app.state.on_start = []
     app.state.on_stop = []
     if settings.worker_mode == "embedded":
-        from app.worker.loop import start_embedded, stop_embedded
+        from app.worker.supervisor import start_embedded, stop_embedded
 
         app.state.on_start.append(start_embedded)
         app.state.on_stop.append(stop_embedded)
@@ -67,11 +75,42 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     app.include_router(observability.router)
     for router in _api_routers():
         app.include_router(router, prefix=API_PREFIX)
+    _offline_docs(app, settings)
     return app
 
 
 def _api_routers() -> list:
     """The resource routers (each domain adds its own here)."""
-    from app.api import datasets, jobs, listings, me, shares
+    from app.api import datasets, jobs, listings, me, methods, shares
 
-    return [me.router, datasets.router, listings.router, jobs.router, shares.router]
+    return [me.router, methods.router, datasets.router, listings.router, jobs.router, shares.router]
+
+
+def _offline_docs(app: FastAPI, settings: Settings) -> None:
+    """``/openapi.json`` with every method's params, and ``/docs`` (Swagger UI) and ``/redoc`` from assets served
+    by this app (no CDN: they work on a machine without internet)."""
+    from app.api.methods import document_job_bodies
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            app.openapi_schema = document_job_bodies(schema, settings.caps())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} API",
+                                   swagger_js_url="/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/docs/swagger-ui.css",
+                                   swagger_favicon_url="/static/docs/favicon-32x32.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} API",
+                              redoc_js_url="/static/docs/redoc.standalone.js",
+                              redoc_favicon_url="/static/docs/favicon-32x32.png", with_google_fonts=False)

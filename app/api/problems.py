@@ -56,9 +56,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DataError)
     async def _data(request: Request, exc: DataError) -> JSONResponse:
-        d = exc.as_dict()
-        if d.get("file"):  # the upload's name, never a server path
-            d["file"] = getattr(request.state, "upload_names", {}).get(d["file"], Path(str(d["file"])).name)
+        d = exc.as_dict()  # paths were renamed where the error was caught (app.data.errors.with_names)
+        if d.get("file"):  # a safety net: never a directory of this server
+            d["file"] = Path(str(d["file"])).name
         return problem(422, d.get("title") or "Invalid data", d.get("detail") or str(exc),
                        type_=f"/problems/data/{d.get('code', 'invalid')}", instance=request.url.path,
                        **{k: v for k, v in d.items() if k not in ("title", "detail", "type", "status")})

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import CallerDep, SessionDep, SettingsDep, require_role
+from app.api.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep, require_role
+from app.api.jobs import JobOut, job_out
 from app.api.problems import responses
+from app.api.uploads import receive_form
 from app.db.models import Share
 from app.services import shares as service
-from app.services.errors import PayloadTooLarge
-from app.storage import BlobStore
+from app.services.errors import Invalid, UnsupportedMediaType
 
 router = APIRouter(tags=["blind mode"])
 
-CHUNK = 1024 * 1024
-MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the file
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file", "kind"],
+        "properties": {
+            "file": {"type": "string", "format": "binary",
+                     "description": "A share file written by `appraise share buyer|seller`"},
+            "kind": {"type": "string", "enum": list(service.SHARE_KINDS),
+                     "description": "request (PREFIX.request.npz, public to sellers), private (PREFIX.private.npz, "
+                                    "broker only) or seller (a seller's answer to a request)"},
+        }}}}}}
 
 
 class ShareOut(BaseModel):
@@ -52,10 +61,6 @@ class ScoreRequest(BaseModel):
         None, description="graph: similarity, diversity, relevance weights of one score")
 
 
-def _store(settings) -> BlobStore:
-    return BlobStore(settings.storage_dir)
-
-
 def _out(share: Share, caller_org: str) -> ShareOut:
     mine = share.org_id == caller_org
     return ShareOut(id=share.id, kind=share.kind, method=share.method, request_id=share.request_id,
@@ -63,30 +68,31 @@ def _out(share: Share, caller_org: str) -> ShareOut:
                     meta=(share.meta or {}) if mine or share.kind == "request" else {}, created_at=share.created_at)
 
 
-def _chunks(upload: UploadFile) -> Iterator[bytes]:
-    while chunk := upload.file.read(CHUNK):
-        yield chunk
-
-
-@router.post("/shares", operation_id="create_share", status_code=201,
-             responses=responses(401, 403, 413, 422))
-def create_share(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    caller: CallerDep,
-    file: Annotated[UploadFile, File(description="A share file written by `appraise share buyer|seller`")],
-    kind: Annotated[Literal["request", "private", "seller"], Form(
-        description="request (PREFIX.request.npz, public to sellers), private (PREFIX.private.npz, broker only) "
-                    "or seller (a seller's answer to a request)")],
-) -> ShareOut:
-    """Upload a blind-mode share file (validated by the share readers, never unpickled)."""
-    require_role(caller, "seller" if kind == "seller" else "buyer")
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_upload_bytes + MULTIPART_SLACK:
-        raise PayloadTooLarge(f"the upload is larger than the limit of {settings.max_upload_bytes:,} bytes")
-    share = service.upload_share(session, caller, _store(settings), kind=kind, chunks=_chunks(file),
-                                 filename=file.filename or "share.npz", max_bytes=settings.max_upload_bytes)
+@router.post("/shares", operation_id="create_share", status_code=201, openapi_extra=_UPLOAD_BODY,
+             responses=responses(401, 403, 413, 415, 422))
+async def create_share(request: Request, session: SessionDep, settings: SettingsDep, caller: CallerDep,
+                       store: BlobStoreDep) -> ShareOut:
+    """Upload a blind-mode share file (streamed to disk under the cap, validated by the share readers, never
+    unpickled)."""
+    cap = min(settings.max_upload_bytes, service.SHARE_MAX_FILE_BYTES)
+    try:
+        form = await receive_form(request, store, max_file_bytes=cap, file_fields=("file",), text_fields=("kind",),
+                                  suffixes=(".npz",))
+    except UnsupportedMediaType:
+        raise Invalid("file: required: upload the share file as multipart/form-data (a file part named file)",
+                      field="file") from None
+    try:
+        kind = form.fields.get("kind")
+        if kind not in service.SHARE_KINDS:
+            raise Invalid(f"kind: required, one of {', '.join(service.SHARE_KINDS)}", field="kind")
+        require_role(caller, "seller" if kind == "seller" else "buyer")
+        received = form.files.get("file")
+        if received is None:
+            raise Invalid("file: required (the share file, uploaded as a multipart file part)", field="file")
+        share = await run_in_threadpool(service.keep_share, session, caller, store, kind=kind, temp=received.temp,
+                                        filename=received.filename, size=received.size_bytes)
+    finally:
+        await run_in_threadpool(form.discard)
     return _out(share, caller.org_id)
 
 
@@ -110,24 +116,34 @@ def get_share(share_id: str, session: SessionDep, caller: CallerDep) -> ShareOut
 @router.get("/shares/{share_id}/download", operation_id="download_share", response_class=FileResponse,
             responses={**responses(401, 404), 200: {"content": {"application/octet-stream": {}},
                                                     "description": "The share file (.npz)"}})
-def download_share(share_id: str, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> Response:
+def download_share(share_id: str, session: SessionDep, store: BlobStoreDep, caller: CallerDep) -> Response:
     """The share file: a request share for any organization that knows its id; other shares for the owner only."""
-    share, path = service.share_for_download(session, caller, _store(settings), share_id)
+    share, path = service.share_for_download(session, caller, store, share_id)
     return FileResponse(path, media_type="application/octet-stream", filename=f"{share.id}.{share.kind}.npz")
 
 
 @router.delete("/shares/{share_id}", operation_id="delete_share", status_code=204, responses=responses(401, 404))
-def delete_share(share_id: str, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> Response:
+def delete_share(share_id: str, session: SessionDep, store: BlobStoreDep, caller: CallerDep) -> Response:
     """Delete one of the caller's shares."""
-    service.delete_share(session, caller, _store(settings), share_id)
+    service.delete_share(session, caller, store, share_id)
     return Response(status_code=204)
 
 
-@router.post("/shares/score", operation_id="score_shares", responses=responses(401, 403, 404, 422))
-def score_shares(body: ScoreRequest, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
+@router.post("/shares/score", operation_id="score_shares",
+             responses={**responses(401, 403, 404, 422),
+                        202: {"model": JobOut, "description": "Graph shares: a scoring job was queued (Location); "
+                                                              "its result is the same object"}})
+def score_shares(body: ScoreRequest, response: Response, session: SessionDep, settings: SettingsDep,
+                 store: BlobStoreDep, caller: CallerDep) -> dict[str, Any]:
     """The broker's step: scores from the buyer's private share and sellers' shares alone; the same JSON object
-    `appraise score --json` prints (sellers named by share id)."""
+    `appraise score --json` prints (sellers named by share id). Relevance-diversity shares are scored at once
+    (200); graph shares are scored by a worker: 202 with the job (``Location``), whose result is that object."""
     require_role(caller, "buyer")
-    options = service.ScoreOptions(weights=body.weights, alpha=body.alpha, score_weights=body.score_weights)
-    return service.score(session, caller, _store(settings), body.private_share_id, list(body.seller_share_ids),
-                         options)
+    options = {"weights": body.weights, "alpha": body.alpha, "score_weights": body.score_weights}
+    result, job = service.score(session, caller, store, body.private_share_id, list(body.seller_share_ids),
+                                {k: v for k, v in options.items() if v is not None},
+                                max_attempts=settings.max_attempts)
+    if job is None:
+        return result
+    location = f"/api/v1/jobs/{job.id}"
+    return JSONResponse(job_out(job).model_dump(mode="json"), status_code=202, headers={"Location": location})

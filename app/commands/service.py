@@ -1,8 +1,13 @@
-"""`appraise db upgrade`, `appraise keys create`, `appraise serve`: running the service."""
+"""`appraise db upgrade`, `appraise keys create|list|revoke`, `appraise serve`: running the service.
+
+Light at import (no torch, numpy or the web stack): each command imports what it uses.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 
@@ -19,6 +24,25 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision (def
     stderr.print(f"database at revision {revision}: {_safe(url)}")
 
 
+@contextmanager
+def _service_session() -> Iterator:
+    """A transaction on the service's database (schema checked current); service errors become one line."""
+    from app.config import get_settings
+    from app.db.migrate import SchemaNotCurrent, check_current
+    from app.db.session import make_engine, session_factory, transaction
+    from app.services.errors import ServiceError
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        check_current(engine)
+        with transaction(session_factory(engine)) as session:
+            yield session
+    except (SchemaNotCurrent, ServiceError) as exc:
+        raise UsageProblem(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
 def keys_create(
     org: str = typer.Option(..., "--org", help="Organization name (created if new)"),
     role: str = typer.Option(..., "--role", help="buyer | seller | admin"),
@@ -27,24 +51,13 @@ def keys_create(
 ) -> None:
     """Create an API key (shown once: only its hash is stored). Run on the server host: this is also how the
     first admin key is made — the service has no built-in key."""
-    from app.config import get_settings
-    from app.db.migrate import SchemaNotCurrent, check_current
-    from app.db.session import make_engine, session_factory, transaction
-    from app.services.errors import ServiceError
     from app.services.keys import create_key, get_or_create_org
 
-    engine = make_engine(get_settings().database_url)
-    try:
-        check_current(engine)
-        with transaction(session_factory(engine)) as session:
-            organization = get_or_create_org(session, org, role)
-            row, key = create_key(session, organization, name)
-            out = {"key": key, "key_id": row.id, "prefix": row.prefix, "org": organization.name,
-                   "org_id": organization.id, "role": organization.role}
-    except (SchemaNotCurrent, ServiceError) as exc:
-        raise UsageProblem(str(exc)) from exc
-    finally:
-        engine.dispose()
+    with _service_session() as session:
+        organization = get_or_create_org(session, org, role)
+        row, key = create_key(session, organization, name)
+        out = {"key": key, "key_id": row.id, "prefix": row.prefix, "org": organization.name,
+               "org_id": organization.id, "role": organization.role}
     if as_json:
         typer.echo(json.dumps(out))
     else:
@@ -52,26 +65,44 @@ def keys_create(
         stderr.print(f"API key for {out['org']} ({out['role']}); shown once, store it now")
 
 
+def keys_list(
+    org: str | None = typer.Option(None, "--org", help="Only this organization's keys"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+) -> None:
+    """List API keys: prefix, organization, role, name, created, last used, revoked (never the secrets)."""
+    from app.services.keys import list_keys
+
+    with _service_session() as session:
+        rows = [{"prefix": k.prefix, "org": o.name, "role": o.role, "name": k.name,
+                 "created_at": k.created_at.isoformat(),
+                 "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
+                 "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None}
+                for k, o in list_keys(session, org)]
+    if as_json:
+        typer.echo(json.dumps({"items": rows}))
+        return
+    from rich.table import Table
+
+    from app.commands.common import stdout
+
+    table = Table(title=f"API keys{f' of {org}' if org else ''}")
+    for column in ("prefix", "org", "role", "name", "created", "last used", "revoked"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["prefix"], r["org"], r["role"], r["name"] or "", r["created_at"][:19],
+                      (r["last_used_at"] or "never")[:19], (r["revoked_at"] or "")[:19])
+    stdout.print(table)
+
+
 def keys_revoke(
     prefix: str = typer.Argument(..., help="The key's prefix (the part after apr_, or the whole key)"),
 ) -> None:
     """Revoke an API key (running API processes stop accepting it within APPRAISE_AUTH_CACHE_SECONDS)."""
-    from app.config import get_settings
-    from app.db.migrate import SchemaNotCurrent, check_current
-    from app.db.session import make_engine, session_factory, transaction
-    from app.services.errors import ServiceError
     from app.services.keys import revoke_key
 
-    engine = make_engine(get_settings().database_url)
-    try:
-        check_current(engine)
-        with transaction(session_factory(engine)) as session:
-            row = revoke_key(session, prefix)
-            stderr.print(f"revoked key {row.prefix} at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
-    except (SchemaNotCurrent, ServiceError) as exc:
-        raise UsageProblem(str(exc)) from exc
-    finally:
-        engine.dispose()
+    with _service_session() as session:
+        row = revoke_key(session, prefix)
+        stderr.print(f"revoked key {row.prefix} at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 def serve(

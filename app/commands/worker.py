@@ -22,7 +22,7 @@ def worker(
     from app.config import get_settings
     from app.db.migrate import SchemaNotCurrent, check_current
     from app.db.session import make_engine
-    from app.worker.loop import Worker, WorkerConfig
+    from app.worker.supervisor import Worker, WorkerConfig
 
     settings = get_settings()
     dev = str(parse_device(device or settings.worker_device))

@@ -7,7 +7,8 @@ problem details, so ``code`` is a stable slug and never renamed.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePath
 
 
 class DataError(Exception):
@@ -173,3 +174,29 @@ class ShareMismatch(DataError):
 
     code = "share-mismatch"
     title = "Share files do not belong together"
+
+
+def rename_paths(text: str, names: Mapping[str, str], root: str | None = None) -> str:
+    """``text`` with every server path in ``names`` (and its file name alone) replaced by the name its user
+    knows, longest first; any other path under ``root`` becomes ``<storage>``."""
+    for path, name in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(path, name)
+        base = PurePath(path).name
+        if base and base != name:
+            text = text.replace(base, name)
+    return text.replace(root, "<storage>") if root else text
+
+
+def with_names(exc: BaseException, names: Mapping[str, str], root: str | None = None) -> BaseException:
+    """The one way a server path leaves a user-facing error: the same :class:`DataError` (class, code, fields)
+    with its paths renamed by :func:`rename_paths`; any other exception as a ``ValueError`` of its renamed
+    message."""
+    if not isinstance(exc, DataError):
+        return ValueError(rename_paths(str(exc), names, root))
+    renamed = type(exc).__new__(type(exc))
+    renamed.__dict__.update(exc.__dict__)
+    renamed.path = rename_paths(exc.path, names, root) if exc.path is not None else None
+    renamed.problem = rename_paths(exc.problem, names, root)
+    renamed.location = rename_paths(exc.location, names, root) if exc.location is not None else None
+    renamed.args = (renamed.detail,)
+    return renamed

@@ -33,7 +33,8 @@ from app.data.parquet_reader import iter_parquet, open_parquet, require_label_co
 
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_CHUNK_ROWS = 65_536
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
+#: feature columns named like this (any case) that hold exactly two values look like a label that was not named
+LABEL_LIKE = ("label", "labels", "target", "y", "class")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class TableSource:
         self.path = Path(path)
         self.limits = limits or ReadLimits()
         self.min_rows = min_rows
+        #: label-like feature columns: index → the distinct values seen so far (a few kept)
+        self._suspects: dict[int, set[float]] = {}
         self.file_bytes = check_file(self.path, self.limits)
         suffix = self.path.suffix.lower()
         if suffix == ".csv":
@@ -95,6 +98,8 @@ class TableSource:
         self.columns = [c for c in all_columns if c != label_column]
         if not self.columns:
             raise EmptyFile(self.path, "no feature columns")
+        if label_column is None:
+            self._suspects = {j: set() for j, c in enumerate(self.columns) if c.lower() in LABEL_LIKE}
         if self.format == "parquet":
             require_numeric_columns(self.path, self._parquet, self.columns)
             if label_column is not None:
@@ -153,6 +158,7 @@ class TableSource:
         for chunk in source:
             _check_finite(self.path, chunk.x, chunk.start_row, self.columns)
             rows += chunk.x.shape[0]
+            self._note_distinct(chunk.x)
             yield chunk
         if rows == 0:
             raise EmptyFile(self.path, "no data rows")
@@ -197,6 +203,22 @@ class TableSource:
                     (start + rows) / n,
                 )
                 start += rows
+
+    def _note_distinct(self, x: np.ndarray) -> None:
+        for j, seen in self._suspects.items():
+            if len(seen) <= 2:
+                seen.update(np.unique(x[:, j])[:3].tolist())
+
+    def warnings(self) -> list[str]:
+        """After a full pass: label-like feature columns that hold two values (a label nobody named)."""
+        return [f"column {self.columns[j]!r} holds two values and looks like a label, but is used as a feature; "
+                f"name it with label_column (--label-column {self.columns[j]}) if it is the label"
+                for j, seen in self._suspects.items() if len(seen) == 2]
+
+    def describe(self) -> str:
+        """``label: 'y', 30 features`` or ``label: none, 30 features``."""
+        label = repr(self.label_column) if self.label_column else "none"
+        return f"label: {label}, {self.n_features} features"
 
     def read(self) -> Table:
         """Read every row into memory (validated)."""
@@ -275,29 +297,59 @@ class TableInfo:
     rows: int
     columns: list[str]
     label_column: str | None
+    warnings: tuple[str, ...] = ()
 
 
 def validate_table(
     path: str | Path, *, label_column: str | None = None, limits: ReadLimits | None = None
 ) -> TableInfo:
-    """Read every row once, raising at the first problem; return the table's shape."""
+    """Read every row once, raising at the first problem; return the table's shape (and any warnings)."""
     src = open_table(path, label_column=label_column, limits=limits)
     rows = sum(chunk.x.shape[0] for chunk in src.chunks())
-    return TableInfo(src.path, src.format, rows, list(src.columns), src.label_column)
+    return TableInfo(src.path, src.format, rows, list(src.columns), src.label_column, tuple(src.warnings()))
+
+
+def _names(columns: list[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(c) for c in columns[:limit])
+    more = f" and {len(columns) - limit} more" if len(columns) > limit else ""
+    return f"column{'s' if len(columns) > 1 else ''} {shown}{more}"
+
+
+def column_difference(expected: list[str], got: list[str]) -> str | None:
+    """How ``got`` differs from ``expected``: the missing and the extra column names, or (same names) the first
+    place where the order differs; None when they are the same."""
+    if expected == got:
+        return None
+    have, want = set(got), set(expected)
+    missing = [c for c in expected if c not in have]
+    extra = [c for c in got if c not in want]
+    parts = ([f"lacks {_names(missing)}"] if missing else []) + ([f"has the extra {_names(extra)}"] if extra else [])
+    if not parts:
+        j = next(j for j, (a, b) in enumerate(zip(expected, got, strict=True)) if a != b)
+        parts = [f"has the same columns in another order: column {j + 1} is {got[j]!r} where {expected[j]!r} is "
+                 "expected"]
+    return " and ".join(parts)
 
 
 def check_same_columns(buyer: TableSource, seller: TableSource) -> None:
-    """Buyer and seller must describe the same features in the same order."""
+    """Buyer and seller must describe the same features in the same order (named columns are compared by name,
+    so the error names the missing and extra ones; .npz tables by count)."""
+    named = buyer.format != "npz" and seller.format != "npz"
+    if named and buyer.columns != seller.columns:
+        difference = column_difference(buyer.columns, seller.columns)
+        raise ColumnMismatch(seller.path, f"{difference} (compared with the buyer's {buyer.path})")
     if buyer.n_features != seller.n_features:
         raise ColumnMismatch(
             seller.path,
             f"has {seller.n_features} feature columns; the buyer's {buyer.path} has {buyer.n_features}",
         )
-    named = buyer.format != "npz" and seller.format != "npz"
-    if named and buyer.columns != seller.columns:
-        for j, (a, b) in enumerate(zip(buyer.columns, seller.columns, strict=True)):
-            if a != b:
-                raise ColumnMismatch(
-                    seller.path,
-                    f"feature column {j + 1} is {b!r}; the buyer's {buyer.path} has {a!r} there",
-                )
+
+
+def check_request_columns(seller: TableSource, n_features: int, columns: list[str] | None, request: str) -> None:
+    """A seller's table against a blind request's columns (by name where both have names, else by count)."""
+    if columns is not None and seller.format != "npz" and seller.columns != columns:
+        raise ColumnMismatch(seller.path, f"{column_difference(columns, seller.columns)} (compared with the "
+                                          f"request {request})")
+    if seller.n_features != n_features:
+        raise ColumnMismatch(seller.path, f"has {seller.n_features} feature columns; the request {request} expects "
+                                          f"{n_features}")

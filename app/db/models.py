@@ -1,24 +1,56 @@
 """The service's tables. Every tenant-owned row carries ``org_id``; the services layer filters on it in every query.
 
-Job lifecycle: ``queued`` → ``running`` → ``succeeded`` | ``failed`` | ``cancelled``. A running job holds a lease
-(``lease_expires_at``) that its worker renews; a reaper puts jobs with an expired lease back to ``queued`` (with
-``not_before`` for back-off) until ``attempts`` reaches ``max_attempts``, then marks them failed with the last error.
+Job lifecycle (:class:`JobStatus`; every change is made by :mod:`app.queue`): ``queued`` → ``running`` →
+``succeeded`` | ``failed`` | ``cancelled``. A running job holds a lease (``lease_expires_at``) that its worker
+renews; a reaper puts jobs with an expired lease back to ``queued`` (with ``not_before`` for back-off) until
+``attempts`` reaches ``max_attempts``, then marks them failed with the last error.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, IdMixin, utcnow
 
 ROLES = ("buyer", "seller", "admin")
 DATASET_KINDS = ("table", "graph")
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED_STATES = ("succeeded", "failed", "cancelled")
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+JOB_STATES = tuple(JobStatus)
+FINISHED_STATES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+ACTIVE_STATES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class DatasetRole(StrEnum):
+    """A dataset's part in a job: the buyer's (validation) data, a seller's, or the buyer's base training set."""
+
+    BUYER = "buyer"
+    SELLER = "seller"
+    BASE = "base"
 
 
 class Organization(IdMixin, Base):
@@ -80,16 +112,25 @@ class ListingBuyer(Base):
     buyer_org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
 
 
+def _status_check() -> CheckConstraint:
+    return CheckConstraint("status IN (" + ", ".join(f"'{s.value}'" for s in JobStatus) + ")", name="status")
+
+
 class Job(IdMixin, Base):
+    """A valuation job. Its datasets are :class:`JobDataset` rows (buyer, sellers in order, base);
+    ``buyer_dataset_id``, ``seller_dataset_ids`` and ``base_dataset_id`` read (and, on a new job, set) them."""
+
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_claim", "status", "not_before"),)
+    __table_args__ = (Index("ix_jobs_claim", "status", "lane", "not_before"), _status_check())
 
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     method: Mapped[str] = mapped_column(String(40))
+    #: the params as submitted; ``resolved_params`` has every default filled in (and the server's time budget)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    buyer_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"))
-    seller_dataset_ids: Mapped[list[Any]]
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    resolved_params: Mapped[dict[str, Any] | None]
+    #: short jobs may also run in the slot a worker keeps for them (see app.methods.catalogue.Lane)
+    lane: Mapped[str] = mapped_column(String(8), default="long")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     progress_detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -102,6 +143,55 @@ class Job(IdMixin, Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    datasets: Mapped[list[JobDataset]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", order_by="[JobDataset.role, JobDataset.position]")
+
+    def _ids(self, role: DatasetRole) -> list[str | None]:
+        return [d.dataset_id for d in sorted(self.datasets, key=lambda d: d.position) if d.role == role]
+
+    def _set(self, role: DatasetRole, ids: list[str]) -> None:
+        kept = [d for d in self.datasets if d.role != role]
+        self.datasets = kept + [JobDataset(role=role, position=i, dataset_id=d) for i, d in enumerate(ids)]
+
+    @property
+    def buyer_dataset_id(self) -> str | None:
+        ids = self._ids(DatasetRole.BUYER)
+        return ids[0] if ids else None
+
+    @buyer_dataset_id.setter
+    def buyer_dataset_id(self, value: str) -> None:
+        self._set(DatasetRole.BUYER, [value])
+
+    @property
+    def seller_dataset_ids(self) -> list[str | None]:
+        """In the order given; None where a seller has deleted its dataset since (the job's results stay)."""
+        return self._ids(DatasetRole.SELLER)
+
+    @seller_dataset_ids.setter
+    def seller_dataset_ids(self, value: list[str]) -> None:
+        self._set(DatasetRole.SELLER, list(value))
+
+    @property
+    def base_dataset_id(self) -> str | None:
+        ids = self._ids(DatasetRole.BASE)
+        return ids[0] if ids else None
+
+    @base_dataset_id.setter
+    def base_dataset_id(self, value: str | None) -> None:
+        self._set(DatasetRole.BASE, [] if value is None else [value])
+
+
+class JobDataset(Base):
+    """A dataset's part in a job (foreign keys both ways, so "is this dataset in use?" is one SQL query). A
+    dataset deleted after its job ended leaves the row with ``dataset_id`` NULL (the job's results stay)."""
+
+    __tablename__ = "job_datasets"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(8), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
 
 
 class JobResult(Base):

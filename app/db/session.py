@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -55,11 +54,6 @@ def begin_write(session: Session) -> None:
         return
     session.commit()
     session.connection(execution_options={"sqlite_immediate": True})
-
-
-@lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
-    return make_engine(url)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

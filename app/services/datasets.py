@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.data.errors import DataError
+from app.data.errors import DataError, with_names
 from app.data.graph import validate_graph
 from app.data.limits import ReadLimits
 from app.data.tabular import validate_table
 from app.db.base import new_id
-from app.db.models import DATASET_KINDS, Dataset, Job
+from app.db.models import ACTIVE_STATES, DATASET_KINDS, Dataset, DatasetRole, Job, JobDataset
 from app.db.session import begin_write
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.keys import Caller
@@ -39,7 +39,6 @@ log = logging.getLogger("appraise.datasets")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 UPLOAD_SUFFIXES = tuple(FORMATS)
 MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "npz": "application/octet-stream"}
-ACTIVE_JOB_STATES = ("queued", "running")
 NAME_MAX = 200
 
 
@@ -117,25 +116,6 @@ def _check_fields(new: NewDataset) -> tuple[str, str, str, str | None]:
     return name, kind, fmt, label_column
 
 
-def _named(exc: DataError, names: dict[str, str], root: Path) -> DataError:
-    """The same error with every temp path replaced by the client's file name."""
-
-    def fix(text: str | None) -> str | None:
-        if text is None:
-            return None
-        for temp, name in names.items():
-            text = text.replace(temp, name).replace(Path(temp).name, name)
-        return text.replace(str(root), "<storage>")
-
-    renamed = type(exc).__new__(type(exc))
-    renamed.__dict__.update(exc.__dict__)
-    renamed.path = fix(exc.path)
-    renamed.problem = fix(exc.problem) or ""
-    renamed.location = fix(exc.location)
-    Exception.__init__(renamed, renamed.detail)
-    return renamed
-
-
 def _validate(new: NewDataset, kind: str, fmt: str, label_column: str | None, limits: ReadLimits,
               root: Path) -> dict[str, Any]:
     """Read the temp files once with the Foundation readers; the metadata columns of the row."""
@@ -145,11 +125,12 @@ def _validate(new: NewDataset, kind: str, fmt: str, label_column: str | None, li
         if kind == "table":
             info = validate_table(new.file.temp, label_column=label_column, limits=limits)
             return {"rows": info.rows, "columns": list(info.columns), "label_column": info.label_column,
-                    "has_labels": info.label_column is not None, "meta": {"features": len(info.columns)}}
+                    "has_labels": info.label_column is not None,
+                    "meta": {"features": len(info.columns), "warnings": list(info.warnings)}}
         spec: Any = new.file.temp if new.edges is None else (new.file.temp, new.edges.temp)
         g = validate_graph(spec, limits=limits)
     except DataError as exc:
-        raise _named(exc, {str(f.temp): f.filename for f in files}, root) from None
+        raise with_names(exc, {str(f.temp): f.filename for f in files}, str(root)) from None
     meta = {k: g[k] for k in ("features", "weighted", "has_node_labels", "has_graph_labels")}
     return {"rows": None, "columns": None, "label_column": None, "nodes": g["nodes"], "edges": g["edges"],
             "graphs": g["graphs"], "has_labels": bool(g["has_node_labels"] or g["has_graph_labels"]), "meta": meta}
@@ -222,13 +203,12 @@ def list_datasets(session: Session, caller: Caller, *, limit: int = 50, offset: 
 
 
 def _jobs_using(session: Session, dataset_id: str) -> tuple[bool, bool]:
-    """(an active job uses it, any job has it as its buyer dataset) over every organization's jobs."""
-    active = session.execute(
-        select(Job.buyer_dataset_id, Job.seller_dataset_ids).where(Job.status.in_(ACTIVE_JOB_STATES))
-    ).all()
-    in_active = any(b == dataset_id or dataset_id in (s or []) for b, s in active)
-    as_buyer = session.scalar(select(func.count()).select_from(Job).where(Job.buyer_dataset_id == dataset_id))
-    return in_active, bool(as_buyer)
+    """(an active job uses it, any job has it as its buyer dataset) over every organization's jobs: two
+    indexed EXISTS queries on ``job_datasets``."""
+    uses = exists().where(JobDataset.dataset_id == dataset_id)
+    in_active = session.scalar(select(uses.where(JobDataset.job_id == Job.id, Job.status.in_(ACTIVE_STATES))))
+    as_buyer = session.scalar(select(uses.where(JobDataset.role == DatasetRole.BUYER)))
+    return bool(in_active), bool(as_buyer)
 
 
 def delete_dataset(session: Session, store: BlobStore, caller: Caller, dataset_id: str) -> None:
@@ -268,9 +248,3 @@ def dataset_file(store: BlobStore, row: Dataset, part: str = "file") -> tuple[Pa
                        else "one of file, edges")
     filename = files[index]["filename"] if index < len(files) else Path(keys[index]).name
     return store.path(keys[index]), filename, MEDIA_TYPES.get(row.format, "application/octet-stream")
-
-
-def dataset_source(store: BlobStore, row: Dataset) -> Path | tuple[Path, Path]:
-    """What the readers take for this dataset: its file, or the (nodes, edges) pair of a CSV graph."""
-    paths = [store.path(k) for k in row.storage_keys]
-    return paths[0] if len(paths) == 1 else (paths[0], paths[1])

@@ -1,6 +1,10 @@
 """Jobs: submit a valuation (idempotently), read its state and result, page its per-point values, cancel it,
 and read its event log (the SSE stream's source).
 
+Submission checks everything it can before a job exists (each a 422 naming the problem, and no row written):
+the method and its params (the catalogue's model, the server's caps), the datasets' visibility, kinds and labels,
+and the same feature columns (from the metadata stored at upload). State changes are :mod:`app.queue`'s.
+
 Visibility: a job belongs to the organization that submitted it (the buyer). The buyer sees the job, its
 dataset-level result summary (per-point value lists stripped) and values only of points it owns itself; a seller
 whose dataset is in the job sees the per-point values of its own points through :func:`list_values`, nothing else.
@@ -15,38 +19,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.base import utcnow
+from app import queue
 from app.db.models import (
     FINISHED_STATES,
     JOB_STATES,
     Dataset,
+    DatasetRole,
     IdempotencyRecord,
     Job,
+    JobDataset,
     JobEvent,
     JobResult,
     PointValue,
 )
 from app.db.session import begin_write
+from app.methods import METHODS, Caps, Method, Params, ParamsError
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.keys import Caller
 from app.services.listings import dataset_visible_for_valuation
 
-#: method id → the dataset kind it values ("table" or "graph"), and whether it needs labels
-METHODS: dict[str, tuple[str, bool]] = {
-    "relevance-diversity": ("table", False),
-    "structural-disparity": ("graph", False),
-    "graph": ("graph", False),
-    "data-shapley": ("table", True),
-    "knn-shapley": ("table", True),
-    "seller-shapley": ("table", True),
-}
-#: Shapley models that read graphs, not tables (node classification, graph classification)
-GRAPH_MODELS = ("sgc", "wwl")
-MAX_SELLERS = 100
 VALUE_ORDERS = ("value_desc", "value_asc", "index")
 #: per-point keys a result summary must never show the buyer (they are the sellers' rows)
 _POINT_KEYS = ("values", "stderr")
@@ -64,6 +59,18 @@ class JobRequest:
         body = {"method": self.method, "buyer_dataset_id": self.buyer_dataset_id,
                 "seller_dataset_ids": list(self.seller_dataset_ids), "params": self.params}
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What submission enforces from settings: the caps on params and the number of sellers."""
+
+    caps: Caps
+    max_sellers: int = 100
+
+    @classmethod
+    def from_settings(cls, settings) -> Limits:
+        return cls(caps=settings.caps(), max_sellers=settings.max_sellers)
 
 
 def _not_found_dataset(dataset_id: str) -> NotFound:
@@ -89,55 +96,109 @@ def _visible_dataset(session: Session, caller: Caller, dataset_id: str) -> Datas
         raise _not_found_dataset(dataset_id) from None
 
 
-def check_params(method: str, params: dict[str, Any]) -> None:
-    """The worker's own validation of the method's params (unknown keys, types, ranges), before queueing."""
-    from app.worker.params import JobParamsError, validate_params
+def params_problem(exc: ParamsError) -> Invalid:
+    """A 422 naming each bad parameter (``params.<name>``)."""
+    return Invalid(exc.render(lambda name: f"params.{name}"), field="params",
+                   fields=[f"params.{f}" for f in exc.fields])
 
+
+def check_params(method: Method, params: dict[str, Any], caps: Caps | None) -> Params:
     try:
-        validate_params(method, params)
-    except JobParamsError as exc:
-        raise Invalid(str(exc), field="params") from None
+        return method.validate(params, caps)
+    except ParamsError as exc:
+        raise params_problem(exc) from None
 
 
-def _check_datasets(req: JobRequest, buyer: Dataset, sellers: list[Dataset]) -> None:
-    kind, needs_labels = METHODS[req.method]
-    if req.method in ("data-shapley", "seller-shapley") and req.params.get("model") in GRAPH_MODELS:
-        kind = "graph"
-    for role, ds in [("buyer", buyer)] + [("seller", s) for s in sellers]:
-        if ds.kind != kind:
-            raise Invalid(f"{req.method} values {kind}s; the {role} dataset {ds.id} is a {ds.kind}",
-                          dataset_id=ds.id)
-        if needs_labels and not ds.has_labels:
-            raise Invalid(f"{req.method} needs labelled data; the {role} dataset {ds.id} has no labels",
-                          dataset_id=ds.id)
+def _method(method_id: str) -> Method:
+    method = METHODS.get(method_id)
+    if method is None:
+        raise Invalid(f"method must be one of {', '.join(METHODS)}, not {method_id!r}", field="method")
+    return method
 
 
-def validate_request(session: Session, caller: Caller, req: JobRequest) -> None:
-    if req.method not in METHODS:
-        raise Invalid(f"method must be one of {', '.join(METHODS)}, not {req.method!r}", field="method")
-    if not req.seller_dataset_ids:
+def _check_sellers(req: JobRequest, method: Method, limits: Limits) -> None:
+    ids = req.seller_dataset_ids
+    if not ids:
         raise Invalid("seller_dataset_ids must name at least one dataset", field="seller_dataset_ids")
-    if len(req.seller_dataset_ids) > MAX_SELLERS:
-        raise Invalid(f"seller_dataset_ids may name at most {MAX_SELLERS} datasets", field="seller_dataset_ids")
-    if len(set(req.seller_dataset_ids)) != len(req.seller_dataset_ids):
+    if len(ids) > limits.max_sellers:
+        raise Invalid(f"seller_dataset_ids names {len(ids)} datasets; this server's cap is {limits.max_sellers} "
+                      "(APPRAISE_MAX_SELLERS)", field="seller_dataset_ids")
+    if len(set(ids)) != len(ids):
         raise Invalid("seller_dataset_ids names a dataset more than once", field="seller_dataset_ids")
-    if req.method == "seller-shapley" and len(req.seller_dataset_ids) < 2:
-        raise Invalid("seller-shapley compares sellers: give at least 2 seller_dataset_ids",
+    if len(ids) < method.min_sellers:
+        raise Invalid(f"{method.id} compares sellers: give at least {method.min_sellers} seller_dataset_ids",
                       field="seller_dataset_ids")
-    check_params(req.method, req.params)
-    buyer = _own_dataset(session, caller, req.buyer_dataset_id)
-    sellers = [_visible_dataset(session, caller, sid) for sid in req.seller_dataset_ids]
-    _check_datasets(req, buyer, sellers)
-    base_id = req.params.get("base_dataset_id")
-    if base_id is not None:  # the buyer's own training set: the caller's, of the buyer dataset's kind, labelled
-        base = _own_dataset(session, caller, base_id)
-        if base.kind != buyer.kind or not base.has_labels:
-            raise Invalid(f"params.base_dataset_id: dataset {base_id} must be a labelled {buyer.kind} like the "
-                          "buyer dataset", field="params")
 
 
-def submit_job(session: Session, caller: Caller, req: JobRequest, *, idempotency_key: str | None = None,
-               max_attempts: int = 3) -> tuple[Job, bool]:
+def _label_of(ds: Dataset, params: Params) -> tuple[bool, list[str] | None]:
+    """(labelled, feature columns or None when they cannot be known before reading) under ``params``."""
+    wanted = params.label_column
+    if ds.kind != "table" or wanted is None or wanted == ds.label_column:
+        return ds.has_labels, ds.columns
+    return wanted in (ds.columns or []), None
+
+
+def _check_datasets(method: Method, params: Params, roles: list[tuple[str, Dataset]]) -> None:
+    """Kinds, labels and the same feature columns as the buyer's, from the metadata stored at upload."""
+    kind = method.kind(params)
+    buyer = roles[0][1]
+    _, buyer_columns = _label_of(buyer, params)
+    for role, ds in roles:
+        if ds.kind != kind:
+            raise Invalid(f"{method.id} values {kind}s; the {role} dataset {ds.id} ({ds.name!r}) is a {ds.kind}",
+                          dataset_id=ds.id, field=_role_field(role))
+        labelled, columns = _label_of(ds, params)
+        if method.needs_labels and not labelled:
+            where = f"has no column {params.label_column!r}" if params.label_column else "has no labels"
+            raise Invalid(f"{method.id} needs labelled data; the {role} dataset {ds.id} ({ds.name!r}) {where}",
+                          dataset_id=ds.id, field=_role_field(role))
+        if ds is not buyer:
+            _check_features(method, role, ds, buyer, columns, buyer_columns)
+
+
+def _check_features(method: Method, role: str, ds: Dataset, buyer: Dataset, columns: list[str] | None,
+                    buyer_columns: list[str] | None) -> None:
+    from app.data.tabular import column_difference
+
+    field = _role_field(role)
+    if ds.kind == "table" and columns is not None and buyer_columns is not None:
+        named = ds.format != "npz" and buyer.format != "npz"
+        if named and columns != buyer_columns:
+            missing = [c for c in buyer_columns if c not in set(columns)]
+            extra = [c for c in columns if c not in set(buyer_columns)]
+            raise Invalid(f"the {role} dataset {ds.id} ({ds.name!r}) {column_difference(buyer_columns, columns)} "
+                          f"(compared with the buyer's {buyer.name!r})", dataset_id=ds.id, field=field,
+                          missing_columns=missing, extra_columns=extra)
+        if len(columns) != len(buyer_columns):
+            raise Invalid(f"the {role} dataset {ds.id} ({ds.name!r}) has {len(columns)} feature columns; the "
+                          f"buyer's {buyer.name!r} has {len(buyer_columns)}", dataset_id=ds.id, field=field)
+    if ds.kind == "graph":
+        mine, theirs = (ds.meta or {}).get("features"), (buyer.meta or {}).get("features")
+        if mine and theirs and mine != theirs:
+            raise Invalid(f"the {role} dataset {ds.id} ({ds.name!r}) has {mine} node features; the buyer's "
+                          f"{buyer.name!r} has {theirs}", dataset_id=ds.id, field=field)
+
+
+def _role_field(role: str) -> str:
+    return {"buyer": "buyer_dataset_id", "seller": "seller_dataset_ids", "base": "params.base_dataset_id"}[role]
+
+
+def validate_request(session: Session, caller: Caller, req: JobRequest, limits: Limits) -> tuple[Method, Params]:
+    """Every check a job passes before it exists; the method and its params with defaults (and caps) applied."""
+    method = _method(req.method)
+    _check_sellers(req, method, limits)
+    params = check_params(method, req.params, limits.caps)
+    roles = [("buyer", _own_dataset(session, caller, req.buyer_dataset_id))]
+    roles += [("seller", _visible_dataset(session, caller, sid)) for sid in req.seller_dataset_ids]
+    base_id = getattr(params, "base_dataset_id", None)
+    if base_id is not None:  # the buyer's own training set: the caller's, like the buyer dataset
+        roles.append(("base", _own_dataset(session, caller, base_id)))
+    _check_datasets(method, params, roles)
+    return method, params
+
+
+def submit_job(session: Session, caller: Caller, req: JobRequest, *, limits: Limits | None = None,
+               idempotency_key: str | None = None, max_attempts: int = 3) -> tuple[Job, bool]:
     """Queue a job; returns ``(job, created)``. With an ``Idempotency-Key`` already used by the caller's
     organization, the same body gives the earlier job (``created`` False) and another body is a 422."""
     begin_write(session)
@@ -148,19 +209,18 @@ def submit_job(session: Session, caller: Caller, req: JobRequest, *, idempotency
         earlier = _replay(session, caller, idempotency_key, req)
         if earlier is not None:
             return earlier, False
-    validate_request(session, caller, req)
-    job = Job(org_id=caller.org_id, method=req.method, params=req.params, buyer_dataset_id=req.buyer_dataset_id,
-              seller_dataset_ids=list(req.seller_dataset_ids), status="queued", progress=0.0, progress_detail={},
-              attempts=0, max_attempts=max_attempts, not_before=utcnow())
+    method, params = validate_request(session, caller, req, limits or Limits(caps=Caps()))
+    job = Job(org_id=caller.org_id, method=req.method, params=req.params,
+              resolved_params=params.model_dump(mode="json"), lane=method.lane(params).value,
+              max_attempts=max_attempts)
+    job.buyer_dataset_id = req.buyer_dataset_id
+    job.seller_dataset_ids = list(req.seller_dataset_ids)
+    job.base_dataset_id = getattr(params, "base_dataset_id", None)
     if idempotency_key is None:
-        session.add(job)
-        session.flush()
-        _add_event(session, job.id, "state", {"status": "queued"})
-        return job, True
+        return queue.enqueue(session, job), True
     try:
         with session.begin_nested():
-            session.add(job)
-            session.flush()
+            queue.enqueue(session, job)
             session.add(IdempotencyRecord(org_id=caller.org_id, key=idempotency_key, request_hash=req.digest(),
                                           job_id=job.id))
             session.flush()
@@ -169,7 +229,6 @@ def submit_job(session: Session, caller: Caller, req: JobRequest, *, idempotency
         if earlier is None:  # pragma: no cover - the winner rolled back in between
             raise Conflict("a request with this Idempotency-Key is in progress; retry") from None
         return earlier, False
-    _add_event(session, job.id, "state", {"status": "queued"})
     return job, True
 
 
@@ -186,10 +245,6 @@ def _replay(session: Session, caller: Caller, key: str, req: JobRequest) -> Job 
     if job is None:  # pragma: no cover - cascades remove the record with the job
         return None
     return job
-
-
-def _add_event(session: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
-    session.add(JobEvent(job_id=job_id, kind=kind, data=data))
 
 
 def get_job(session: Session, caller: Caller, job_id: str) -> Job:
@@ -225,14 +280,15 @@ def get_job_with_result(session: Session, caller: Caller, job_id: str) -> tuple[
     if row is None:
         raise _not_found_job(job_id)
     job, summary = row
-    if job.status != "succeeded" or summary is None:
+    if job.status not in FINISHED_STATES or summary is None:
         return job, None
     return job, buyer_view(job.method, summary)
 
 
 def result_for_buyer(session: Session, job: Job) -> dict[str, Any] | None:
-    """The summary of a succeeded job as its owner sees it: dataset-level scores and value statistics."""
-    if job.status != "succeeded":
+    """The summary of a job that stored one (succeeded, or cancelled with the values it had) as its owner sees
+    it: dataset-level scores and value statistics."""
+    if job.status not in FINISHED_STATES:
         return None
     result = session.get(JobResult, job.id)
     if result is None:
@@ -242,7 +298,7 @@ def result_for_buyer(session: Session, job: Job) -> dict[str, Any] | None:
 
 def results_for_buyer(session: Session, jobs: list[Job]) -> dict[str, dict[str, Any]]:
     """:func:`result_for_buyer` for a page of jobs, in one query."""
-    ids = [j.id for j in jobs if j.status == "succeeded"]
+    ids = [j.id for j in jobs if j.status in FINISHED_STATES]
     if not ids:
         return {}
     methods = {j.id: j.method for j in jobs}
@@ -270,33 +326,12 @@ def buyer_view(method: str, summary: dict[str, Any]) -> dict[str, Any]:
 
 def cancel_job(session: Session, caller: Caller, job_id: str) -> tuple[Job, bool]:
     """Cancel a job: a queued one at once (``(job, True)``); a running one is asked to stop (``(job, False)``:
-    its worker kills it and marks it cancelled); a finished one is a 409."""
+    its worker stops it, keeping a Monte Carlo job's values so far); a finished one is a 409."""
     begin_write(session)
     job = get_job(session, caller, job_id)
-    now = utcnow()
-    done = session.execute(
-        update(Job).where(Job.id == job.id, Job.status == "queued")
-        .values(status="cancelled", finished_at=now, updated_at=now, cancel_requested=True, worker_id=None,
-                lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if done:
-        _add_event(session, job.id, "state", {"status": "cancelled", "attempt": job.attempts, "by": "api"})
-        session.flush()
-        session.refresh(job)
-        return job, True
-    asked = session.execute(
-        update(Job).where(Job.id == job.id, Job.status == "running")
-        .values(cancel_requested=True, updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if asked:
-        _add_event(session, job.id, "state", {"status": "running", "cancel_requested": True})
-        session.flush()
-        session.refresh(job)
-        return job, False
-    session.refresh(job)
-    raise Conflict(f"job {job.id} has already finished ({job.status}); nothing to cancel", job_status=job.status)
+    if job.status in FINISHED_STATES:
+        raise Conflict(f"job {job.id} has already finished ({job.status}); nothing to cancel", job_status=job.status)
+    return job, queue.request_cancel(session, job) in FINISHED_STATES
 
 
 def _values_visible(session: Session, caller: Caller, job_id: str) -> Job:
@@ -306,14 +341,10 @@ def _values_visible(session: Session, caller: Caller, job_id: str) -> Job:
         raise _not_found_job(job_id)
     if job.org_id == caller.org_id:
         return job
-    seller_ids = [str(i) for i in job.seller_dataset_ids or []]
-    if seller_ids and session.scalar(
-        select(func.count()).select_from(Dataset).where(Dataset.id.in_(seller_ids), Dataset.org_id == caller.org_id)
-    ):
-        return job
-    if session.scalar(
-        select(PointValue.idx).where(PointValue.job_id == job.id, PointValue.owner_org_id == caller.org_id).limit(1)
-    ) is not None:
+    own_seller = exists().where(JobDataset.job_id == job.id, JobDataset.role == DatasetRole.SELLER,
+                                JobDataset.dataset_id == Dataset.id, Dataset.org_id == caller.org_id)
+    own_point = exists().where(PointValue.job_id == job.id, PointValue.owner_org_id == caller.org_id)
+    if session.scalar(select(own_seller | own_point)):
         return job
     raise _not_found_job(job_id)
 

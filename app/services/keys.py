@@ -74,6 +74,14 @@ def revoke_key(session: Session, prefix: str) -> ApiKey:
     return row
 
 
+def list_keys(session: Session, org_name: str | None = None) -> list[tuple[ApiKey, Organization]]:
+    """Every key (or one organization's) with its organization, newest first: prefixes and dates, never secrets."""
+    stmt = select(ApiKey, Organization).join(Organization, Organization.id == ApiKey.org_id)
+    if org_name is not None:
+        stmt = stmt.where(Organization.name == org_name)
+    return [(k, o) for k, o in session.execute(stmt.order_by(ApiKey.created_at.desc(), ApiKey.id)).all()]
+
+
 def authenticate(session: Session, key: str, cache: AuthCache | None = None) -> Caller:
     """The caller behind a bearer key, or :class:`Unauthorized` (same message whatever was wrong).
 

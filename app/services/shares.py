@@ -13,26 +13,24 @@ streamed to a temporary file under a size cap, validated, renamed to ``shares/<o
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from app.data.errors import DataError, ShareMismatch
+from app.data.errors import DataError, ShareMismatch, with_names
 from app.db.base import new_id
-from app.db.models import Share
+from app.db.models import Job, Share
 from app.db.session import begin_write
-from app.services.errors import Invalid, NotFound, PayloadTooLarge
+from app.services.errors import Invalid, NotFound
 from app.services.keys import Caller
-from app.storage import BlobStore, StorageLimit
+from app.shares.limits import SHARE_LIMITS
+from app.storage import BlobStore
 
 SHARE_KINDS = ("request", "private", "seller")
-SHARE_MAX_FILE_BYTES = 2 * 1024**3  # = app.data.shares.SHARE_LIMITS.max_file_bytes (a test checks they agree)
+SHARE_MAX_FILE_BYTES = SHARE_LIMITS.max_file_bytes
 SHARE_METHODS = ("relevance-diversity", "graph")
 
 
@@ -51,8 +49,8 @@ def check_share_file(path: Path, kind: str) -> Checked:
     """Read a share file with the CLI's readers (raises :class:`DataError` naming what is wrong)."""
     # The readers bring the valuation library (torch, POT, torch_geometric: seconds and ~450 MB); imported on
     # first use so that an API process that never sees a share does not carry them.
-    from app.data.graph_shares import read_graph_request, read_graph_share
-    from app.data.shares import read_private, read_request, read_seller_share, share_method
+    from app.shares.graphs import read_graph_request, read_graph_share
+    from app.shares.tables import read_private, read_request, read_seller_share, share_method
 
     method = share_method(path)
     if method not in SHARE_METHODS:
@@ -75,39 +73,30 @@ def check_share_file(path: Path, kind: str) -> Checked:
     return Checked(method, share.request_id, {"rows": share.n_rows, "directions": int(share.lam_hat.shape[0])})
 
 
-def upload_share(session: Session, caller: Caller, store: BlobStore, *, kind: str, chunks: Iterable[bytes],
-                 filename: str, max_bytes: int) -> Share:
-    """Keep one uploaded share file: size-capped, validated by the share readers, written atomically."""
+def keep_share(session: Session, caller: Caller, store: BlobStore, *, kind: str, temp: Path, filename: str,
+               size: int) -> Share:
+    """Keep one uploaded share file (already streamed into the blob store's ``temp`` under the cap): validated by
+    the share readers, moved to its key, then the row; on any failure nothing stays (the caller discards
+    ``temp``)."""
     if kind not in SHARE_KINDS:
         raise Invalid(f"kind must be one of {', '.join(SHARE_KINDS)}, not {kind!r}", field="kind")
-    cap = min(max_bytes, SHARE_MAX_FILE_BYTES)
-    temp = store.temp_path(".npz")
     try:
-        try:
-            size, _sha = store.write_stream(temp, chunks, cap)
-        except StorageLimit:
-            raise PayloadTooLarge(f"{filename}: a share file may be at most {cap:,} bytes") from None
-        try:
-            checked = check_share_file(temp, kind)
-        except DataError as exc:
-            exc.path = filename  # name the upload, never the server's temporary path
-            raise
-        begin_write(session)
-        if kind == "seller":
-            answered = session.scalar(
-                select(Share.id).where(Share.kind == "request", Share.request_id == checked.request_id,
-                                       Share.method == checked.method).limit(1)
-            )
-            if answered is None:
-                raise Invalid(f"{filename} answers request {checked.request_id}, which was not uploaded here: "
-                              "a seller share must answer a request share (POST /shares kind=request)",
-                              request_id=checked.request_id)
-        share_id = new_id()
-        key = f"shares/{caller.org_id}/{share_id}.npz"
-        store.commit(temp, key)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+        checked = check_share_file(temp, kind)
+    except DataError as exc:  # name the upload, never the server's temporary path
+        raise with_names(exc, {str(temp): filename}, str(store.root)) from None
+    begin_write(session)
+    if kind == "seller":
+        answered = session.scalar(
+            select(Share.id).where(Share.kind == "request", Share.request_id == checked.request_id,
+                                   Share.method == checked.method).limit(1)
+        )
+        if answered is None:
+            raise Invalid(f"{filename} answers request {checked.request_id}, which was not uploaded here: "
+                          "a seller share must answer a request share (POST /shares kind=request)",
+                          request_id=checked.request_id)
+    share_id = new_id()
+    key = f"shares/{caller.org_id}/{share_id}.npz"
+    store.commit(temp, key)
     try:
         share = Share(id=share_id, org_id=caller.org_id, kind=kind, method=checked.method,
                       request_id=checked.request_id, storage_key=key, size_bytes=size,
@@ -168,16 +157,9 @@ def delete_share(session: Session, caller: Caller, store: BlobStore, share_id: s
     store.delete(key)
 
 
-@dataclass(frozen=True)
-class ScoreOptions:
-    weights: str | list[float] | None = None
-    alpha: float | None = None
-    score_weights: tuple[float, float, float] | None = None
-
-
-def score(session: Session, caller: Caller, store: BlobStore, private_share_id: str, seller_share_ids: list[str],
-          options: ScoreOptions) -> dict[str, Any]:
-    """The broker's step: the JSON object `appraise score --json` prints, from stored share files."""
+def _scored_shares(session: Session, caller: Caller, private_share_id: str,
+                   seller_share_ids: list[str]) -> tuple[Share, list[Share]]:
+    """The caller's private share and the seller shares answering its request, checked; else 404/422."""
     private = session.scalar(select(Share).where(Share.id == private_share_id, Share.org_id == caller.org_id))
     if private is None or private.kind != "private":
         raise _not_found(private_share_id)
@@ -194,83 +176,50 @@ def score(session: Session, caller: Caller, store: BlobStore, private_share_id: 
             raise Invalid(f"seller share {sid} answers request {share.request_id}, not this private share's "
                           f"request {private.request_id}", share_id=sid)
         sellers.append(share)
-    buyer_path = store.path(private.storage_key)
-    seller_paths = [store.path(s.storage_key) for s in sellers]
-    names = {str(buyer_path): private.id, **{str(p): s.id for p, s in zip(seller_paths, sellers, strict=True)}}
+    return private, sellers
+
+
+def score(session: Session, caller: Caller, store: BlobStore, private_share_id: str, seller_share_ids: list[str],
+          options: dict[str, Any], *, max_attempts: int = 3) -> tuple[dict[str, Any] | None, Job | None]:
+    """The broker's step. Relevance-diversity shares are scored at once (microseconds of arithmetic): the JSON
+    object ``appraise score --json`` prints, sellers named by share id. Graph shares need POT and
+    torch_geometric, which run in a worker: a ``graph-blind-score`` job is queued instead (its result is that
+    same object). Returns ``(result, None)`` or ``(None, job)``."""
+    from app.methods.blind import ScoreParams
+    from app.methods.params import ParamsError, validate
+
     try:
-        if private.method == "graph":
-            out = _score_graph(buyer_path, seller_paths, [s.id for s in sellers], private.id, options)
-        else:
-            out = _score_features(buyer_path, seller_paths, [s.id for s in sellers], private.id, options)
+        validate("score", ScoreParams, options)
+    except ParamsError as exc:
+        raise Invalid(exc.render(str), field=exc.fields[0] if exc.fields else None) from None
+    private, sellers = _scored_shares(session, caller, private_share_id, seller_share_ids)
+    if private.method == "graph":
+        return None, _queue_graph_score(session, caller, private, sellers, options, max_attempts)
+    from app.data.errors import DataError, with_names
+    from app.methods.blind import score as blind_score
+    from app.methods.context import RunContext
+    from app.methods.inputs import DataRef
+
+    refs = [DataRef(name=s.id, spec=store.path(s.storage_key)) for s in (private, *sellers)]
+    try:
+        result = blind_score(refs[0], refs[1:], ScoreParams.model_validate(options), RunContext())
     except DataError as exc:
-        if exc.path is not None:
-            exc.path = names.get(exc.path, Path(exc.path).name)  # share ids, never server paths
-        raise
-    return _jsonable(out)
+        raise with_names(exc, {str(r.spec): r.name for r in refs}, str(store.root)) from None
+    except ParamsError as exc:
+        raise Invalid(exc.render(str), field=exc.fields[0] if exc.fields else None) from None
+    from app.methods.results import jsonable
+
+    return jsonable(result), None
 
 
-def _result(method: str, entries: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
-    """As ``app.commands.common.print_result`` builds it (DESIGN.md's result object)."""
-    out: dict[str, Any] = {"method": method, **fields, "sellers": entries}
-    if len(entries) == 1:
-        out.update({k: v for k, v in entries[0].items() if k != "seller"})
-    return out
+def _queue_graph_score(session: Session, caller: Caller, private: Share, sellers: list[Share],
+                       options: dict[str, Any], max_attempts: int) -> Job:
+    from app import queue
+    from app.methods.internal import GRAPH_BLIND_SCORE
 
-
-def _score_features(buyer_path: Path, seller_paths: list[Path], seller_ids: list[str], private_id: str,
-                    options: ScoreOptions) -> dict[str, Any]:
-    from app.data.shares import read_private, read_seller_share
-    from app.valuation.relevance_diversity import DEFAULT_ALPHA, Options, rank_results, score_share
-
-    private = read_private(buyer_path)
-    shares = [read_seller_share(p) for p in seller_paths]
-    alpha = DEFAULT_ALPHA if options.alpha is None else options.alpha
-    if not 0.0 <= alpha <= 1.0:
-        raise Invalid(f"alpha must be between 0 and 1, not {alpha}", field="alpha")
-    opts = Options(scaling=private.scaling, threshold=private.threshold, threshold_mode=private.threshold_mode,
-                   weights=options.weights, alpha=alpha, vendi=False)
-    results = []
-    for path, share in zip(seller_paths, shares, strict=True):
-        try:
-            results.append(score_share(private, share, opts))
-        except ShareMismatch as exc:
-            raise ShareMismatch(path, exc.problem) from None
-        except ValueError as exc:  # e.g. a weights list of the wrong length
-            raise Invalid(str(exc), field="weights") from None
-    rank_results(results)
-    entries = [{"seller": sid, **r.as_dict()} for sid, r in zip(seller_ids, results, strict=True)]
-    return _result(
-        "relevance-diversity", entries, buyer_share=private_id, blind=True,
-        buyer_components={"kept": private.components, "total": private.n_features,
-                          "eigenvalues": private.eigenvalues.tolist(), "constant_columns": private.constant_columns,
-                          "rows": private.n_rows},
-        options=opts.as_dict(),
-    )
-
-
-def _score_graph(buyer_path: Path, seller_paths: list[Path], seller_ids: list[str], private_id: str,
-                 options: ScoreOptions) -> dict[str, Any]:
-    from app.data.graph_shares import read_graph_scoring_shares
-    from app.valuation.structural.graph_valuation import GraphOptions, graph_score
-
-    request, buyer, sellers = read_graph_scoring_shares(buyer_path, seller_paths)
-    opts = GraphOptions(feature_view=request.feature_view, seed=request.seed, subsample=request.subsample,
-                        score_weights=options.score_weights)
-    full = graph_score(request, buyer, sellers, opts).as_dict()
-    entries = [{"seller": sid, **r} for sid, r in zip(seller_ids, full["sellers"], strict=True)]
-    return _result("graph", entries, blind=True, buyer_share=private_id,
-                   **{k: v for k, v in full.items() if k != "sellers"})
-
-
-def _default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _jsonable(obj: dict[str, Any]) -> dict[str, Any]:
-    """What ``print_json`` writes, read back (NaN and infinities as ``null``: JSON has none)."""
-    text = json.dumps(obj, default=_default)
-    return json.loads(text, parse_constant=lambda _c: None)
+    begin_write(session)
+    params = {"private_share_id": private.id, "seller_share_ids": [s.id for s in sellers],
+              **{k: v for k, v in options.items() if v is not None}}
+    job = Job(org_id=caller.org_id, method=GRAPH_BLIND_SCORE, params=params, resolved_params=params, lane="short",
+              max_attempts=max_attempts)
+    return queue.enqueue(session, job)

@@ -1,9 +1,10 @@
 """The worker: the only place valuations run for the service.
 
-- :mod:`app.worker.queue`: claim, lease renewal, reaper, state transitions and events (what the jobs API calls:
-  :func:`~app.worker.queue.request_cancel`).
-- :mod:`app.worker.loop`: :class:`~app.worker.loop.Worker` (supervises one spawned child process per job) and the
-  embedded-mode hooks for ``appraise serve``.
-- :mod:`app.worker.params`: the params model of each method (validated at submission and by the worker).
-- :mod:`app.worker.runners`: one runner per method (library call, summary and point values).
+- :mod:`app.worker.supervisor`: :class:`~app.worker.supervisor.Worker` (claims jobs into its slots, supervises one
+  spawned child process per job, heartbeats, cancels, time-outs) and the embedded-mode hooks of ``appraise serve``;
+- :mod:`app.worker.child`: what a child process does with one claimed job, and the :class:`~app.worker.child.
+  Outcome` it reports;
+- :mod:`app.worker.runner`: the adapter from a job row to a method of :mod:`app.methods` and back to stored rows.
+
+Job state changes are :mod:`app.queue`'s.
 """

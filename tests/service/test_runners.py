@@ -12,14 +12,16 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from app import queue
 from app.data.tabular import open_table, read_table
 from app.db.models import Job, JobCheckpoint, JobEvent, JobResult, PointValue
 from app.db.session import make_engine, session_factory, transaction
+from app.methods import ParamsError as JobParamsError
+from app.methods import validate_params
 from app.services.keys import get_or_create_org
 from app.storage import BlobStore
-from app.worker import queue
-from app.worker.loop import UserError, WorkerConfig, execute_job
-from app.worker.params import JobParamsError, validate_params
+from app.worker.child import UserError, execute_job
+from app.worker.supervisor import WorkerConfig
 
 # --- helpers shared with test_worker.py ------------------------------------------------------------------------
 
@@ -66,8 +68,10 @@ class World:
 
         job_id = new_id()
         with transaction(self.factory) as s:
-            s.add(Job(id=job_id, org_id=self.buyer_org, method=method, params=params or {}, buyer_dataset_id=buyer,
-                      seller_dataset_ids=sellers, max_attempts=max_attempts))
+            job = Job(id=job_id, org_id=self.buyer_org, method=method, params=params or {}, buyer_dataset_id=buyer,
+                      seller_dataset_ids=sellers, max_attempts=max_attempts)
+            job.base_dataset_id = (params or {}).get("base_dataset_id")  # as submission links it
+            s.add(job)
         return job_id
 
     def get(self, job_id: str) -> Job:
@@ -311,14 +315,14 @@ def test_params_are_validated(method, params, needle):
 
 
 def test_defaults_follow_the_cli():
-    from app.commands.shapley import DEFAULT_PERMUTATIONS
+    """One definition of each default (app.valuation.defaults), read by the library and the catalogue alike."""
+    from app.valuation import defaults
     from app.valuation.featural import DEFAULT_THRESHOLD
     from app.valuation.shapley.graph_features import DEFAULT_WWL_ROUNDS
-    from app.worker import params
 
-    assert (params.DEFAULT_WWL_ROUNDS, params.DEFAULT_PERMUTATIONS) == (DEFAULT_WWL_ROUNDS, DEFAULT_PERMUTATIONS)
-    assert params.DEFAULT_THRESHOLD == DEFAULT_THRESHOLD
+    assert DEFAULT_THRESHOLD == defaults.THRESHOLD == validate_params("relevance-diversity", {}).threshold
     p = validate_params("data-shapley", {})
+    assert (p.wwl_rounds, p.max_permutations) == (DEFAULT_WWL_ROUNDS, defaults.PERMUTATIONS) == (2, 1000)
     assert (p.model, p.estimator, p.k, p.seed, p.truncation, p.batch_size) == ("logistic", "tmc", 5, 0, 0.01, 64)
     assert validate_params("relevance-diversity", {"weights": [1.0, 2.0]}).weights == [1.0, 2.0]
 

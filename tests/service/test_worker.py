@@ -15,12 +15,12 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from app import queue
 from app.db.base import utcnow
 from app.db.models import Job, JobCheckpoint, JobEvent
 from app.db.session import make_engine, session_factory, transaction
-from app.worker import queue
-from app.worker.loop import Worker, WorkerConfig
-from app.worker.queue import LostLease
+from app.queue import LostLease
+from app.worker.supervisor import Worker, WorkerConfig
 from tests.service.test_runners import World, _tables, _xy
 
 

@@ -1,4 +1,4 @@
-"""Blind-mode exchange files for the `graph` method (same NPZ + JSON format as app.data.shares).
+"""Blind-mode exchange files for the `graph` method (same NPZ + JSON format as app.shares.tables).
 
 - ``PREFIX.request.npz`` (public, to sellers): the graph request (proxy spec, matcher, rounds, subsample,
   feature view, seed) in the metadata, and the buyer's feature directions (shuffled with decoys) when the buyer's
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from app.data.errors import CorruptFile, ShareMismatch
-from app.data.shares import (
+from app.shares.tables import (
     FEATURE_REQUEST_ARRAYS,
     FORMAT,
     PRIVATE_ARRAYS,

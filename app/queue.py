@@ -1,11 +1,17 @@
-"""The durable job queue in the database: claim, lease renewal, reaper, and every state transition.
+"""The durable job queue in the database: the one module that changes a job's state.
 
-State machine: ``queued`` → ``running`` → ``succeeded`` | ``failed`` | ``cancelled`` (and ``running`` → ``queued``
-again on a retry or a lease expiry). Each transition writes a ``JobEvent`` (kind ``state``) in the same
-transaction.
+State machine (:class:`~app.db.models.JobStatus`): ``queued`` → ``running`` → ``succeeded`` | ``failed`` |
+``cancelled`` (and ``running`` → ``queued`` again on a retry, a lease expiry or a worker's shutdown). Each
+transition writes a ``JobEvent`` (kind ``state``) in the same transaction and one log line.
+
+- :func:`enqueue` (the jobs service, at submission) and :func:`request_cancel` (the jobs API);
+- :func:`claim_job`, :func:`renew_lease`, :func:`record_progress`, :func:`save_checkpoint`, :func:`complete_job`,
+  :func:`fail_job`, :func:`mark_cancelled`, :func:`requeue_job` (a worker, about its own claims);
+- :func:`reap_expired` (any worker: jobs whose worker died).
 
 Claiming: Postgres takes the oldest claimable row with ``SELECT ... FOR UPDATE SKIP LOCKED`` (racing workers
-skip each other's row); SQLite runs the same statements inside ``BEGIN IMMEDIATE`` (one writer at a time).
+skip each other's row); SQLite runs the same statements inside ``BEGIN IMMEDIATE`` (one writer at a time). A slot
+kept for short jobs claims only jobs of the ``short`` lane.
 
 Fencing: a running job belongs to the (``worker_id``, ``attempts``) pair that claimed it. Every write a worker
 makes to a running job (lease renewal, progress, checkpoint, result) is conditional on that pair, so a worker
@@ -15,6 +21,7 @@ whose lease expired and whose job was taken over can no longer change it (:class
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,12 +30,13 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
-from app.db.models import FINISHED_STATES, Job, JobCheckpoint, JobEvent, JobResult, PointValue
+from app.db.models import FINISHED_STATES, Job, JobCheckpoint, JobEvent, JobResult, JobStatus, PointValue
 from app.db.session import transaction
 
 log = logging.getLogger("app.worker")
 
 Factory = sessionmaker[Session]
+S = JobStatus
 
 
 class LostLease(Exception):
@@ -44,13 +52,14 @@ class Claim:
     attempt: int
     max_attempts: int
     worker_id: str
+    lane: str = "long"
 
 
 @dataclass(frozen=True)
 class LeaseState:
     owned: bool
     cancel_requested: bool
-    #: the job already succeeded under this claim (its child is only exiting): not a lost lease
+    #: the job already ended under this claim (its child is only exiting): not a lost lease
     finished: bool = False
 
 
@@ -77,37 +86,82 @@ def add_event(session: Session, job_id: str, kind: str, data: dict[str, Any]) ->
 
 
 def _owned(job_id: str, worker_id: str, attempt: int):
-    return (Job.id == job_id, Job.worker_id == worker_id, Job.attempts == attempt, Job.status == "running")
+    return (Job.id == job_id, Job.worker_id == worker_id, Job.attempts == attempt, Job.status == S.RUNNING)
 
 
 def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+# --- submission and cancel (the API's side) -------------------------------------------------------------------
+
+
+def enqueue(session: Session, job: Job) -> Job:
+    """Insert a new job (its fields set by the caller) as ``queued``, with its first event."""
+    job.status = S.QUEUED
+    job.progress, job.progress_detail, job.attempts = 0.0, {}, 0
+    job.not_before = utcnow()
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "state", {"status": S.QUEUED.value})
+    return job
+
+
+def request_cancel(session: Session, job: Job) -> str:
+    """Cancel ``job`` (inside the caller's transaction). A queued job is ``cancelled`` at once; a running one gets
+    ``cancel_requested``: its worker stops it (a Monte Carlo job keeps the values it has) and marks it; a finished
+    job is left as it is. Returns the job's status after the call.
+
+    SQLite: run it after ``begin_write`` (or in ``transaction(factory, immediate=True)``): a WAL read transaction
+    that later writes fails with "database is locked" when a worker committed between."""
+    if job.status in FINISHED_STATES:
+        return job.status
+    now = utcnow()
+    done = session.execute(
+        update(Job).where(Job.id == job.id, Job.status == S.QUEUED)
+        .values(status=S.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now, worker_id=None,
+                lease_expires_at=None).execution_options(synchronize_session=False)).rowcount
+    if done:
+        add_event(session, job.id, "state", {"status": S.CANCELLED.value, "attempt": job.attempts, "by": "api"})
+        log_state(job.id, S.CANCELLED, attempt=job.attempts, by="api")
+    elif session.execute(update(Job).where(Job.id == job.id, Job.status == S.RUNNING)
+                         .values(cancel_requested=True, updated_at=now)
+                         .execution_options(synchronize_session=False)).rowcount:
+        add_event(session, job.id, "state", {"status": S.RUNNING.value, "cancel_requested": True})
+    session.flush()
+    session.refresh(job)
+    return job.status
+
+
 # --- claim and lease ---------------------------------------------------------------------------------------
 
 
-def claim_job(factory: Factory, worker_id: str, lease_seconds: float, *, now: datetime | None = None) -> Claim | None:
-    """Take the oldest queued job whose ``not_before`` has passed (and no cancel was asked for): it becomes
-    ``running`` with ``attempts + 1``, this worker's id and a lease of ``lease_seconds``. None if there is none."""
+def claim_job(factory: Factory, worker_id: str, lease_seconds: float, *, lanes: Sequence[str] | None = None,
+              now: datetime | None = None) -> Claim | None:
+    """Take the oldest queued job whose ``not_before`` has passed (and no cancel was asked for), of one of
+    ``lanes`` (None: any): it becomes ``running`` with ``attempts + 1``, this worker's id and a lease of
+    ``lease_seconds``. None if there is none."""
     with transaction(factory, immediate=True) as session:
         now = now or utcnow()
-        stmt = (select(Job).where(Job.status == "queued", Job.not_before <= now, Job.cancel_requested.is_(False))
-                .order_by(Job.created_at, Job.id).limit(1))
+        stmt = select(Job).where(Job.status == S.QUEUED, Job.not_before <= now, Job.cancel_requested.is_(False))
+        if lanes is not None:
+            stmt = stmt.where(Job.lane.in_(list(lanes)))
+        stmt = stmt.order_by(Job.created_at, Job.id).limit(1)
         if _is_postgres(session):
-            stmt = stmt.with_for_update(skip_locked=True)
+            stmt = stmt.with_for_update(skip_locked=True, of=Job)
         job = session.scalars(stmt).first()
         if job is None:
             return None
-        job.status = "running"
+        job.status = S.RUNNING
         job.attempts = (job.attempts or 0) + 1
         job.worker_id = worker_id
         job.lease_expires_at = now + timedelta(seconds=lease_seconds)
         job.started_at = now
         job.finished_at = None
-        add_event(session, job.id, "state", {"status": "running", "attempt": job.attempts, "worker_id": worker_id})
-        claim = Claim(job.id, job.method, job.attempts, job.max_attempts, worker_id)
-    log_state(claim.job_id, "running", attempt=claim.attempt, method=claim.method, worker=worker_id)
+        add_event(session, job.id, "state", {"status": S.RUNNING.value, "attempt": job.attempts,
+                                             "worker_id": worker_id})
+        claim = Claim(job.id, job.method, job.attempts, job.max_attempts, worker_id, job.lane)
+    log_state(claim.job_id, S.RUNNING, attempt=claim.attempt, method=claim.method, worker=worker_id)
     return claim
 
 
@@ -122,7 +176,7 @@ def renew_lease(factory: Factory, claim: Claim, lease_seconds: float) -> LeaseSt
         if row is not None:
             return LeaseState(owned=True, cancel_requested=bool(row[0]))
         now = session.execute(select(Job.status, Job.worker_id, Job.attempts).where(Job.id == claim.job_id)).first()
-    finished = now is not None and tuple(now) == ("succeeded", claim.worker_id, claim.attempt)
+    finished = now is not None and tuple(now) == (S.SUCCEEDED, claim.worker_id, claim.attempt)
     return LeaseState(owned=False, cancel_requested=False, finished=finished)
 
 
@@ -135,7 +189,7 @@ def cancel_flags(factory: Factory, job_ids: list[str]) -> dict[str, bool]:
     return {job_id: bool(flag) for job_id, flag in rows}
 
 
-# --- transitions -------------------------------------------------------------------------------------------
+# --- transitions of a claimed job -------------------------------------------------------------------------
 
 
 def backoff_seconds(base: float, attempts: int) -> float:
@@ -150,22 +204,27 @@ def _retry_or_fail(session: Session, job: Job, error: str, backoff: float, now: 
     job.lease_expires_at = None
     if retry and job.attempts < job.max_attempts:
         delay = backoff_seconds(backoff, job.attempts)
-        job.status = "queued"
+        job.status = S.QUEUED
         job.not_before = now + timedelta(seconds=delay)
-        add_event(session, job.id, "state", {"status": "queued", "attempt": job.attempts, "error": error,
+        add_event(session, job.id, "state", {"status": S.QUEUED.value, "attempt": job.attempts, "error": error,
                                              "retry_in_s": delay})
     else:
-        job.status = "failed"
+        job.status = S.FAILED
         job.finished_at = now
-        add_event(session, job.id, "state", {"status": "failed", "attempt": job.attempts, "error": error})
+        add_event(session, job.id, "state", {"status": S.FAILED.value, "attempt": job.attempts, "error": error})
     return job.status
 
 
 def _locked_job(session: Session, job_id: str) -> Job | None:
     stmt = select(Job).where(Job.id == job_id)
     if _is_postgres(session):
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(of=Job)
     return session.scalars(stmt).first()
+
+
+def _ours(job: Job | None, claim: Claim) -> bool:
+    return job is not None and (job.worker_id, job.attempts, job.status) == (claim.worker_id, claim.attempt,
+                                                                             S.RUNNING)
 
 
 def fail_job(factory: Factory, claim: Claim, error: str, *, retry: bool, backoff: float) -> str | None:
@@ -173,7 +232,7 @@ def fail_job(factory: Factory, claim: Claim, error: str, *, retry: bool, backoff
     new status, or None when the job was no longer ours."""
     with transaction(factory, immediate=True) as session:
         job = _locked_job(session, claim.job_id)
-        if job is None or (job.worker_id, job.attempts, job.status) != (claim.worker_id, claim.attempt, "running"):
+        if not _ours(job, claim):
             return None
         if job.cancel_requested:
             status = _cancel(session, job, utcnow())
@@ -184,23 +243,24 @@ def fail_job(factory: Factory, claim: Claim, error: str, *, retry: bool, backoff
 
 
 def _cancel(session: Session, job: Job, now: datetime) -> str:
-    job.status = "cancelled"
+    job.status = S.CANCELLED
     job.cancel_requested = True
     job.worker_id = None
     job.lease_expires_at = None
     job.finished_at = now
-    add_event(session, job.id, "state", {"status": "cancelled", "attempt": job.attempts})
-    return "cancelled"
+    add_event(session, job.id, "state", {"status": S.CANCELLED.value, "attempt": job.attempts})
+    return S.CANCELLED
 
 
 def mark_cancelled(factory: Factory, claim: Claim) -> bool:
-    """A running job whose child was stopped on a cancel request: now ``cancelled``."""
+    """A running job whose child was stopped on a cancel request: now ``cancelled`` (with the partial result its
+    child stored, if it stored one)."""
     with transaction(factory, immediate=True) as session:
         job = _locked_job(session, claim.job_id)
-        if job is None or (job.worker_id, job.attempts, job.status) != (claim.worker_id, claim.attempt, "running"):
+        if not _ours(job, claim):
             return False
         _cancel(session, job, utcnow())
-    log_state(claim.job_id, "cancelled", attempt=claim.attempt)
+    log_state(claim.job_id, S.CANCELLED, attempt=claim.attempt)
     return True
 
 
@@ -209,45 +269,21 @@ def requeue_job(factory: Factory, claim: Claim, reason: str = "worker stopped") 
     checkpoint stays, so the next worker resumes it."""
     with transaction(factory, immediate=True) as session:
         job = _locked_job(session, claim.job_id)
-        if job is None or (job.worker_id, job.attempts, job.status) != (claim.worker_id, claim.attempt, "running"):
+        if not _ours(job, claim):
             return False
         if job.cancel_requested:
-            _cancel(session, job, utcnow())
-            status = "cancelled"
+            status = _cancel(session, job, utcnow())
         else:
-            job.status = "queued"
+            job.status = S.QUEUED
             job.attempts = max(job.attempts - 1, 0)
             job.worker_id = None
             job.lease_expires_at = None
             job.not_before = utcnow()
-            add_event(session, job.id, "state", {"status": "queued", "attempt": claim.attempt, "reason": reason})
-            status = "queued"
+            add_event(session, job.id, "state", {"status": S.QUEUED.value, "attempt": claim.attempt,
+                                                 "reason": reason})
+            status = S.QUEUED
     log_state(claim.job_id, status, attempt=claim.attempt, reason=reason)
     return True
-
-
-def request_cancel(session: Session, job: Job) -> str:
-    """For the API (inside its request transaction): cancel ``job``. A queued job is ``cancelled`` at once; a
-    running one gets ``cancel_requested`` and its worker stops the child and marks it ``cancelled`` within a
-    poll interval; a finished job is left as it is. Returns the job's status after the call.
-
-    SQLite: run it in ``transaction(factory, immediate=True)`` (or make the UPDATE the session's first statement):
-    a WAL read transaction that later writes fails with "database is locked" when a worker committed between."""
-    if job.status in FINISHED_STATES:
-        return job.status
-    stmt = update(Job).where(Job.id == job.id, Job.status.not_in(FINISHED_STATES))
-    if job.status == "queued":
-        res = session.execute(stmt.where(Job.status == "queued").values(
-            status="cancelled", cancel_requested=True, finished_at=utcnow(), worker_id=None, lease_expires_at=None))
-        if res.rowcount:
-            add_event(session, job.id, "state", {"status": "cancelled", "attempt": job.attempts})
-            log_state(job.id, "cancelled", attempt=job.attempts, by="api")
-    else:
-        session.execute(stmt.values(cancel_requested=True))
-        add_event(session, job.id, "state", {"status": job.status, "cancel_requested": True})
-    session.flush()
-    session.refresh(job)
-    return job.status
 
 
 def reap_expired(factory: Factory, *, backoff: float, now: datetime | None = None) -> list[tuple[str, str]]:
@@ -257,11 +293,11 @@ def reap_expired(factory: Factory, *, backoff: float, now: datetime | None = Non
     out: list[tuple[str, str]] = []
     with transaction(factory, immediate=True) as session:
         now = now or utcnow()
-        stmt = select(Job).where(Job.status == "running", Job.lease_expires_at < now).order_by(Job.id)
-        pending = select(Job).where(Job.status == "queued", Job.cancel_requested.is_(True))
+        stmt = select(Job).where(Job.status == S.RUNNING, Job.lease_expires_at < now).order_by(Job.id)
+        pending = select(Job).where(Job.status == S.QUEUED, Job.cancel_requested.is_(True))
         if _is_postgres(session):
-            stmt = stmt.with_for_update(skip_locked=True)
-            pending = pending.with_for_update(skip_locked=True)
+            stmt = stmt.with_for_update(skip_locked=True, of=Job)
+            pending = pending.with_for_update(skip_locked=True, of=Job)
         for job in session.scalars(stmt).all():
             if job.cancel_requested:
                 out.append((job.id, _cancel(session, job, now)))
@@ -278,15 +314,18 @@ def reap_expired(factory: Factory, *, backoff: float, now: datetime | None = Non
 # --- what the running job writes (fenced) --------------------------------------------------------------------
 
 
-def record_progress(factory: Factory, claim: Claim, progress: float, detail: dict[str, Any]) -> None:
-    """``Job.progress`` / ``progress_detail`` and a ``progress`` event; :class:`LostLease` if not ours."""
+def record_progress(factory: Factory, claim: Claim, progress: float, detail: dict[str, Any]) -> bool:
+    """``Job.progress`` / ``progress_detail`` and a ``progress`` event; :class:`LostLease` if not ours. Returns
+    whether a cancel was asked for (the child stops its run when it was)."""
     progress = min(max(float(progress), 0.0), 1.0)
     with transaction(factory) as session:
         res = session.execute(update(Job).where(*_owned(claim.job_id, claim.worker_id, claim.attempt))
-                              .values(progress=progress, progress_detail=detail))
-        if res.rowcount != 1:
+                              .values(progress=progress, progress_detail=detail).returning(Job.cancel_requested))
+        row = res.first()
+        if row is None:
             raise LostLease(claim.job_id)
         add_event(session, claim.job_id, "progress", {"progress": progress, **detail})
+    return bool(row[0])
 
 
 def save_checkpoint(factory: Factory, claim: Claim, state: dict[str, Any]) -> None:
@@ -309,21 +348,27 @@ def load_checkpoint(factory: Factory, job_id: str) -> dict[str, Any] | None:
         return None if row is None else row.state
 
 
-def complete_job(factory: Factory, claim: Claim, summary: dict[str, Any], points: list[dict[str, Any]]) -> None:
-    """One transaction: the summary, every point value and status ``succeeded`` (or nothing at all, with
-    :class:`LostLease`, when the job is no longer ours)."""
+def complete_job(factory: Factory, claim: Claim, summary: dict[str, Any], points: list[dict[str, Any]], *,
+                 partial: bool = False) -> None:
+    """One transaction: the summary and every point value, and (a whole result) status ``succeeded``; nothing at
+    all, with :class:`LostLease`, when the job is no longer ours or a cancel came in first.
+
+    ``partial``: the run stopped early because a cancel was asked for (a Monte Carlo job keeps the values it
+    had): the result is stored and the job stays ``running`` until its worker, having stopped the child, calls
+    :func:`mark_cancelled` (or the reaper, should that worker die). A result is shown only once the job ended."""
     with transaction(factory, immediate=True) as session:
-        now = utcnow()
-        res = session.execute(update(Job).where(*_owned(claim.job_id, claim.worker_id, claim.attempt),
-                                                Job.cancel_requested.is_(False))
-                              .values(status="succeeded", progress=1.0, finished_at=now, lease_expires_at=None,
-                                      last_error=None))
-        if res.rowcount != 1:
+        job = _locked_job(session, claim.job_id)
+        if not _ours(job, claim) or (job.cancel_requested and not partial):
             raise LostLease(claim.job_id)
+        if not partial:
+            job.status, job.progress, job.finished_at = S.SUCCEEDED, 1.0, utcnow()
+            job.lease_expires_at, job.last_error = None, None
         session.add(JobResult(job_id=claim.job_id, summary=summary))
         session.flush()
         for start in range(0, len(points), 5000):
             session.execute(insert(PointValue), [{"job_id": claim.job_id, **p} for p in points[start:start + 5000]])
         session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == claim.job_id))
-        add_event(session, claim.job_id, "state", {"status": "succeeded", "attempt": claim.attempt})
-    log_state(claim.job_id, "succeeded", attempt=claim.attempt, points=len(points))
+        add_event(session, claim.job_id, "state", {"status": S.SUCCEEDED.value, "attempt": claim.attempt} if not
+                  partial else {"status": S.RUNNING.value, "partial_result": True, "attempt": claim.attempt})
+    if not partial:
+        log_state(claim.job_id, S.SUCCEEDED, attempt=claim.attempt, points=len(points))

@@ -24,15 +24,13 @@ import numpy as np
 import torch
 
 from app.data.errors import ArrayMissing, ArrayShapeError, CorruptFile, ShareMismatch
-from app.data.limits import ReadLimits
 from app.data.npz import NpzArchive
+from app.shares.limits import SHARE_LIMITS
 from app.valuation.featural import BuyerPrivate, FeatureRequest, SellerShare
 
 FORMAT = "appraise-share"
 VERSION = 1
 METHOD = "relevance-diversity"
-# Share files are small (d × m floats); a tight cap keeps a hostile "share" from costing anything.
-SHARE_LIMITS = ReadLimits(max_file_bytes=2 * 1024**3, max_expanded_bytes=4 * 1024**3)
 
 
 def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -1,0 +1,66 @@
+"""Glue between the Monte Carlo estimators and a run: the stopping rule from the job's params, a stop asked for
+from outside (a cancel), and the estimators' progress as :class:`~app.methods.context.Progress`.
+
+Imported only by run functions (it brings torch)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from app.methods.context import Progress, RunContext
+from app.valuation.shapley.stopping import (
+    MaxPermutations,
+    MaxSamples,
+    MaxStandardError,
+    StoppingCriterion,
+    TimeBudget,
+)
+
+if TYPE_CHECKING:
+    from app.methods.shapley import ModelParams
+    from app.valuation.shapley.results import ValuationResult
+
+
+class StopRequested(StoppingCriterion):
+    """Stops when ``poll()`` gives a reason (e.g. the job was cancelled): the run ends on a whole batch with the
+    values it has, and ``stop_reason`` says why."""
+
+    def __init__(self, poll) -> None:
+        super().__init__()
+        self.poll = poll
+
+    def _check(self, result: ValuationResult) -> bool:
+        why = self.poll()
+        self._detail = why or ""
+        return why is not None
+
+    def completion(self, result: ValuationResult) -> float:
+        return 0.0
+
+
+def stopping(p: ModelParams, ctx: RunContext, stderr_target: float | None, *, samples: bool) -> StoppingCriterion:
+    """The budget (permutations, or samples for MSR), or the time budget, or the standard-error target, or a
+    stop asked for: whichever comes first."""
+    stop: StoppingCriterion = MaxSamples(p.max_permutations) if samples else MaxPermutations(p.max_permutations)
+    if p.time_budget is not None:
+        stop = stop | TimeBudget(p.time_budget)
+    if stderr_target is not None:
+        stop = stop | MaxStandardError(stderr_target)
+    return stop | StopRequested(ctx.stop_requested)
+
+
+def mc_progress(ctx: RunContext, stage: str):
+    """The estimators' per-batch report as :class:`Progress`: draws done and the current largest standard error."""
+
+    def report(result: ValuationResult, prog) -> None:
+        se = prog.max_standard_error
+        draws = prog.permutations_done or prog.samples_done
+        unit = "permutations" if prog.permutations_done else "samples"
+        detail = {"batches": prog.batches_done, "permutations": prog.permutations_done,
+                  "samples": prog.samples_done, "max_stderr": float(se) if math.isfinite(se) else None,
+                  "elapsed_s": round(prog.elapsed_s, 3)}
+        note = f"{draws:,} {unit}" + (f", max SE {se:.4g}" if math.isfinite(se) else "")
+        ctx.progress(Progress(min(max(prog.completion, 0.0), 1.0), stage, detail=detail, note=note))
+
+    return report

@@ -1,0 +1,30 @@
+"""The valuation library's defaults, in one place that imports nothing (no torch): the library's functions and
+the methods catalogue (``app.methods``, whose parameter models the API validates with) both read them here."""
+
+from __future__ import annotations
+
+#: relevance-diversity: keep principal components with eigenvalue above this (absolute, on standardised data)
+THRESHOLD = 1e-2
+#: relevance-diversity: the single score α·D + (1−α)·R used for ranking
+ALPHA = 0.5
+#: structural disparity: rounds of blind message passing (WWL update)
+MESSAGE_ROUNDS = 3
+#: structural disparity: the default matcher of party nodes to proxy nodes
+MATCHER = "signature"
+#: Shapley with ``--model wwl``: rounds of the WWL update over node features before pooling
+WWL_ROUNDS = 2
+#: Shapley with ``--model sgc``: K of the SGC features Â^K X
+SGC_HOPS = 2
+#: KNN utility and KNN-Shapley: neighbours K
+KNN_K = 5
+#: Monte Carlo Shapley: the permutation (or, for Banzhaf, sample) budget
+PERMUTATIONS = 1000
+#: TMC: relative truncation tolerance (0 disables truncation)
+TRUNCATION = 0.01
+#: Monte Carlo Shapley: permutations (or subsets) per batch (a batch is one seeded, mergeable unit of work)
+BATCH_SIZE = 64
+#: Beta Shapley's (α, β): the paper's default up-weights small coalitions
+BETA_ALPHA = 16.0
+BETA_BETA = 1.0
+#: seller-level Shapley: exact over all coalitions up to this many sellers, permutation Monte Carlo beyond
+EXACT_MAX_SELLERS = 12
