@@ -78,3 +78,20 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_markdown() -> str:
+    """Every setting as a markdown table (``python -m app.config > docs/settings.md``; a test keeps them equal)."""
+    rows = ["# Settings", "",
+            "Every setting is an environment variable (or a line in `.env`); made from `app/config.py` with "
+            "`python -m app.config > docs/settings.md`.", "",
+            "| variable | default | description |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        shown = "number of CPUs" if name == "max_threads" else f"`{default}`"
+        rows.append(f"| `APPRAISE_{name.upper()}` | {shown} | {info.description or ''} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")

@@ -282,3 +282,14 @@ def test_cli_worker_and_api_agree_on_the_same_files(method_id, client, parties, 
         assert cli["provenance"]["params"].pop("time_budget") is None
     assert record["method"] == method_id and served_params == cli["provenance"]["params"]
     assert [i["sha256"] for i in record["inputs"]] == [i["sha256"] for i in cli["provenance"]["inputs"]]
+
+
+def test_an_upload_whose_label_column_is_not_named_says_so(client, parties, tmp_path):
+    buyer, _ = parties
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,class\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(6)))
+    ds = upload(client, buyer, path)
+    assert ds["label_column"] is None and ds["has_labels"] is False and ds["features"] == 3
+    assert len(ds["warnings"]) == 1 and "'class' holds two values and looks like a label" in ds["warnings"][0]
+    named = upload(client, buyer, path, label_column="class")
+    assert named["label_column"] == "class" and named["warnings"] == [] and named["columns"] == ["a", "b"]
