@@ -12,7 +12,6 @@ import typing
 from app.methods import METHODS, Method
 from app.methods.params import Caps, cli_option
 
-
 _NAMES = {bool: "boolean", int: "integer", float: "number", str: "text"}
 
 
