@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import func, select
 
 from app.db.base import utcnow
-from app.db.models import JOB_STATES, Job
+from app.db.models import JOB_STATES, Job, JobStatus
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("appraise.access")
@@ -71,7 +71,7 @@ class _JobCollector:
     def collect(self):
         with self.sessions() as s:
             counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-            due = s.scalar(select(func.count()).where(Job.status == "queued", Job.not_before <= utcnow())) or 0
+            due = s.scalar(select(func.count()).where(Job.status == JobStatus.QUEUED, Job.not_before <= utcnow())) or 0
             since = utcnow() - timedelta(days=1)
             spans = s.execute(select(Job.started_at, Job.finished_at).where(
                 Job.finished_at >= since, Job.started_at.is_not(None))).all()

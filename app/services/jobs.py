@@ -34,6 +34,7 @@ from app.db.models import (
     JobDataset,
     JobEvent,
     JobResult,
+    JobStatus,
     PointValue,
 )
 from app.db.session import begin_write
@@ -381,7 +382,7 @@ def events_after(session: Session, job_id: str, after: int, limit: int = 500) ->
     committed before a final status is in the list)."""
     row = session.execute(select(Job.status, Job.progress).where(Job.id == job_id)).one_or_none()
     if row is None:
-        return "cancelled", 0.0, []  # deleted under the stream: end it
+        return JobStatus.CANCELLED, 0.0, []  # deleted under the stream: end it
     events = session.scalars(
         select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id).limit(limit)
     ).all()

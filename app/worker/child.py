@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from app import queue
 from app.data.errors import DataError, with_names
-from app.db.models import Job
+from app.db.models import Job, JobStatus
 from app.db.session import make_engine, session_factory
 from app.methods import ParamsError
 from app.queue import Claim, LostLease
@@ -95,7 +95,7 @@ def execute_job(config: WorkerConfig, claim: Claim, *, parent_pid: int | None = 
         output.summary["resumed_from_batches"] = None if resume is None else resume.get("batches_done")
         partial = hooks.cancel_requested  # it stopped because a cancel was asked for: keep what it has
         queue.complete_job(factory, claim, output.summary, output.points, partial=partial)
-        return PARTIAL if partial else "succeeded"
+        return PARTIAL if partial else JobStatus.SUCCEEDED
     finally:
         engine.dispose()
 

@@ -34,6 +34,7 @@ from typing import Any
 from app import queue
 from app.config import Settings
 from app.data.limits import ReadLimits
+from app.db.models import JobStatus
 from app.db.session import make_engine, session_factory
 from app.methods.catalogue import Lane
 from app.queue import Claim
@@ -328,7 +329,7 @@ class Worker:
             outcome = Outcome(OutcomeKind.ERROR, f"the job process exited with code {r.process.exitcode} before "
                                                  "reporting")
         if outcome.kind == OutcomeKind.OK:  # the child stored the result
-            queue.log_state(claim.job_id, "succeeded", attempt=claim.attempt, worker=self.worker_id)
+            queue.log_state(claim.job_id, JobStatus.SUCCEEDED, attempt=claim.attempt, worker=self.worker_id)
             return
         retry = outcome.kind != OutcomeKind.USER_ERROR  # a lost lease is fenced: changes nothing unless still ours
         queue.fail_job(self.factory, claim, outcome.message or outcome.kind.value, retry=retry, backoff=backoff)
