@@ -50,6 +50,20 @@ class Settings(BaseSettings):
         10.0, ge=0, description="A cancelled running job may take this long to stop on its own (a Monte Carlo job "
                                 "keeps the values it has) before its process is killed")
 
+    # --- the portal -----------------------------------------------------------------------------------------
+    session_lifetime_seconds: float = Field(12 * 3600.0, gt=0, description="A portal session ends this long after "
+                                                                           "sign-in")
+    session_idle_seconds: float = Field(2 * 3600.0, gt=0, description="A portal session unused this long ends")
+    sign_in_max_failures: int = Field(5, ge=1, description="Failed sign-ins in a row before an email is locked")
+    sign_in_lockout_seconds: float = Field(900.0, gt=0, description="How long a locked email stays locked")
+    cookie_secure: Literal["auto", "always", "never"] = Field(
+        "auto", description="Secure cookies: auto (when the request came over HTTPS, X-Forwarded-Proto included), "
+                            "always, or never")
+    upload_expiry_seconds: float = Field(24 * 3600.0, gt=0, description="An unfinished resumable upload is dropped "
+                                                                        "this long after it started")
+    preview_max_rows: int = Field(10_000, ge=0, description="The rows of a dataset its owner may page through in "
+                                                            "the preview")
+
     # --- caps on what a job may ask for (submission answers 422 naming the cap) -----------------------------
     max_sellers: int = Field(100, ge=1, description="Seller datasets in one job")
     max_permutations: int = Field(100_000, ge=1, description="Monte Carlo permutation (or sample) budget of a job")

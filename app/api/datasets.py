@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep
@@ -15,6 +15,7 @@ from app.api.problems import responses
 from app.api.uploads import receive_form
 from app.db.models import Dataset
 from app.services import datasets as service
+from app.services import profiles
 
 router = APIRouter(tags=["datasets"])
 
@@ -142,3 +143,83 @@ def download_dataset(dataset_id: str, caller: CallerDep, session: SessionDep, st
     row = service.get_dataset(session, caller, dataset_id)
     path, filename, media_type = service.dataset_file(store, row, part)
     return FileResponse(path, media_type=media_type, filename=filename)
+
+
+# --- profile, preview and data dictionary ------------------------------------------------------------------------
+
+
+class ProfileOut(BaseModel):
+    status: str = Field(description="The profile job's status (queued, running, succeeded, failed) or missing")
+    progress: float
+    job_id: str | None
+    error: str | None
+    profile: dict[str, Any] | None = Field(description="Schema and per-column statistics (tables); nodes, edges, "
+                                                       "components, degrees (graphs); once computed")
+
+
+class PreviewOut(BaseModel):
+    columns: list[str]
+    offset: int
+    rows: list[list[Any]]
+    total: int | None
+    max_rows: int
+
+
+class DictionaryEntryOut(BaseModel):
+    name: str
+    type: str | None
+    unit: str | None
+    description: str | None
+    role: str
+
+
+class DictionaryEntryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=200)
+    type: str | None = Field(None, max_length=40, description=" | ".join(profiles.DICTIONARY_TYPES))
+    unit: str | None = Field(None, max_length=profiles.UNIT_MAX)
+    description: str | None = Field(None, max_length=profiles.DESCRIPTION_MAX)
+
+
+class DictionaryOut(BaseModel):
+    items: list[DictionaryEntryOut]
+
+
+@router.get("/datasets/{dataset_id}/profile", operation_id="get_dataset_profile", responses=responses(401, 404))
+def get_dataset_profile(dataset_id: str, caller: CallerDep, session: SessionDep) -> ProfileOut:
+    """The dataset's profile, computed by a worker right after upload (``status`` says how far)."""
+    row = service.get_dataset(session, caller, dataset_id)
+    return ProfileOut(**profiles.profile_of(session, row).as_dict())
+
+
+@router.get("/datasets/{dataset_id}/preview", operation_id="preview_dataset", responses=responses(401, 404, 422))
+def preview_dataset(dataset_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep,
+                    store: BlobStoreDep, offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=profiles.PREVIEW_PAGE_MAX)] = 20) -> PreviewOut:
+    """The owner's preview: rows ``offset`` to ``offset + limit`` (a graph's node rows)."""
+    row = service.get_dataset(session, caller, dataset_id)
+    return PreviewOut(**profiles.preview(store, row, offset=offset, limit=limit, max_rows=settings.preview_max_rows,
+                                         limits=settings.read_limits()))
+
+
+@router.get("/datasets/{dataset_id}/dictionary", operation_id="get_dictionary", responses=responses(401, 404, 422))
+def get_dictionary(dataset_id: str, caller: CallerDep, session: SessionDep,
+                   format: Annotated[Literal["json", "csv", "table-schema"], Query()] = "json") -> Any:
+    """The data dictionary: JSON, CSV (``format=csv``) or a Frictionless Table Schema (``format=table-schema``)."""
+    row = service.get_dataset(session, caller, dataset_id)
+    entries = profiles.dictionary(session, row)
+    if format == "csv":
+        return Response(profiles.dictionary_csv(entries), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{row.id}.dictionary.csv"'})
+    if format == "table-schema":
+        return profiles.table_schema(row, entries)
+    return DictionaryOut(items=entries)
+
+
+@router.put("/datasets/{dataset_id}/dictionary", operation_id="put_dictionary", responses=responses(401, 404, 422))
+def put_dictionary(dataset_id: str, body: list[DictionaryEntryIn], caller: CallerDep,
+                   session: SessionDep) -> DictionaryOut:
+    """Set dictionary entries (by column name); columns left out keep what they had."""
+    row = service.get_dataset(session, caller, dataset_id)
+    return DictionaryOut(items=profiles.write_dictionary(session, row, [e.model_dump() for e in body]))

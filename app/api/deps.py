@@ -66,6 +66,36 @@ async def get_caller(
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
+#: the portal's session cookie (HttpOnly, SameSite=Lax; Secure behind HTTPS)
+SESSION_COOKIE = "appraise_session"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+async def get_web_caller(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """An API key, or a signed-in portal session (the browser's requests to the API, e.g. resumable uploads):
+    state-changing requests of a session must carry its CSRF token in the ``X-CSRF-Token`` header."""
+    if credentials is not None:
+        return await get_caller(request, session, credentials)
+    from app.services.users import SessionPolicy, csrf_ok, session_user
+
+    token = request.cookies.get(SESSION_COOKIE)
+    signed = await run_in_threadpool(session_user, session, token, SessionPolicy.from_settings(
+        request.app.state.settings)) if token else None
+    if signed is None:
+        raise Unauthorized("a valid API key is required: Authorization: Bearer apr_... (or a portal session)")
+    if request.method not in _SAFE_METHODS and not csrf_ok(token, request.headers.get(CSRF_HEADER)):
+        raise Forbidden(f"a portal session's request must carry its {CSRF_HEADER} header")
+    request.state.caller = signed.caller
+    return signed.caller
+
+
+WebCallerDep = Annotated[Caller, Depends(get_web_caller)]
+
 
 def require_role(caller: Caller, *roles: str) -> None:
     if caller.role not in roles and caller.role != "admin":

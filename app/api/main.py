@@ -76,14 +76,18 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     for router in _api_routers():
         app.include_router(router, prefix=API_PREFIX)
     _offline_docs(app, settings)
+    from app import portal
+
+    portal.install(app)
     return app
 
 
 def _api_routers() -> list:
     """The resource routers (each domain adds its own here)."""
-    from app.api import datasets, jobs, listings, me, methods, shares
+    from app.api import datasets, jobs, keys, listings, me, methods, resumable, shares
 
-    return [me.router, methods.router, datasets.router, listings.router, jobs.router, shares.router]
+    return [me.router, methods.router, datasets.router, resumable.router, listings.router, jobs.router,
+            shares.router, keys.router]
 
 
 def _offline_docs(app: FastAPI, settings: Settings) -> None:

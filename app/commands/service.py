@@ -146,3 +146,25 @@ def _safe(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def users_create(
+    org: str = typer.Option(..., "--org", help="Organization name (created if new)"),
+    role: str = typer.Option(..., "--role", help="buyer | seller | admin (the organization's role)"),
+    email: str = typer.Option(..., "--email", help="The user's email (their sign-in name)"),
+    admin: bool = typer.Option(False, "--admin", help="Manages the organization's API keys (its first user does)"),
+) -> None:
+    """Create a portal user. The password is read from standard input (one line), or prompted for on a
+    terminal."""
+    import sys
+
+    from app.services.users import create_user
+
+    if sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    with _service_session() as session:
+        user = create_user(session, org_name=org, role=role, email=email, password=password, admin=admin)
+        stderr.print(f"user {user.email} of {org} ({role}){' — an admin' if user.is_admin else ''}; sign in at "
+                     "/portal/")

@@ -164,8 +164,14 @@ def _decoded_lines(raw) -> Iterator[str]:
             raise _BadBytes(line_no, exc) from None
 
 
+#: a refused file's report lists at most this many problems (the scan goes on past the first)
+MAX_PROBLEMS = 20
+
+
 def _locate_problem(path: Path, header: list[str], numeric: set[str], cause: Exception) -> DataError:
-    """Scan the file with the csv module and describe the first problem exactly."""
+    """Scan the file with the csv module and describe its problems exactly: the first is raised, carrying up to
+    :data:`MAX_PROBLEMS` of them in ``problems`` (so a report can list each bad row and cell at once)."""
+    problems: list[DataError] = []
     row = 0
     with open(path, "rb") as raw:
         reader = csv.reader(_decoded_lines(raw))
@@ -175,26 +181,33 @@ def _locate_problem(path: Path, header: list[str], numeric: set[str], cause: Exc
                 if not record:
                     continue
                 row += 1
-                where = f"row {row} (line {reader.line_num})"
-                if len(record) != len(header):
-                    return RaggedRow(
-                        path, f"has {len(record)} fields; the header has {len(header)}", location=where
-                    )
-                for name, cell in zip(header, record, strict=True):
-                    if name in numeric and cell == "":
-                        # Unquoted empty cells are pyarrow nulls; a quoted "" is a conversion error instead.
-                        return MissingValue(path, "empty cell", location=f"{where}, column {name!r}")
-                    if name in numeric and not _is_number(cell):
-                        shown = cell if len(cell) <= 40 else cell[:37] + "..."
-                        return NonNumericValue(
-                            path, f"{shown!r} is not a number", location=f"{where}, column {name!r}"
-                        )
+                problems += _row_problems(path, header, numeric, record, row, reader.line_num)
+                if len(problems) >= MAX_PROBLEMS:
+                    break
         except _BadBytes as bad:
-            return EncodingError(
-                path, f"invalid UTF-8 byte 0x{bad.byte:02x}", location=f"row {row + 1} (line {bad.line})"
-            )
+            problems.append(EncodingError(path, f"invalid UTF-8 byte 0x{bad.byte:02x}",
+                                          location=f"row {row + 1} (line {bad.line})"))
         except csv.Error as exc:
-            return CorruptFile(path, f"malformed CSV ({exc})", location=f"row {row + 1}")
-    if row == 0:
-        return EmptyFile(path, "no data rows")
-    return CorruptFile(path, f"cannot be parsed as CSV ({cause})")
+            problems.append(CorruptFile(path, f"malformed CSV ({exc})", location=f"row {row + 1}"))
+    if not problems:
+        problems = [EmptyFile(path, "no data rows") if row == 0 else
+                    CorruptFile(path, f"cannot be parsed as CSV ({cause})")]
+    first = problems[0]
+    first.problems = problems[:MAX_PROBLEMS]
+    return first
+
+
+def _row_problems(path: Path, header: list[str], numeric: set[str], record: list[str], row: int,
+                  line: int) -> list[DataError]:
+    where = f"row {row} (line {line})"
+    if len(record) != len(header):
+        return [RaggedRow(path, f"has {len(record)} fields; the header has {len(header)}", location=where)]
+    out: list[DataError] = []
+    for name, cell in zip(header, record, strict=True):
+        if name in numeric and cell == "":
+            # Unquoted empty cells are pyarrow nulls; a quoted "" is a conversion error instead.
+            out.append(MissingValue(path, "empty cell", location=f"{where}, column {name!r}"))
+        elif name in numeric and not _is_number(cell):
+            shown = cell if len(cell) <= 40 else cell[:37] + "..."
+            out.append(NonNumericValue(path, f"{shown!r} is not a number", location=f"{where}, column {name!r}"))
+    return out

@@ -46,11 +46,13 @@ ACTIVE_STATES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class DatasetRole(StrEnum):
-    """A dataset's part in a job: the buyer's (validation) data, a seller's, or the buyer's base training set."""
+    """A dataset's part in a job: the buyer's (validation) data, a seller's, the buyer's base training set, or
+    the dataset a job describes (a profile)."""
 
     BUYER = "buyer"
     SELLER = "seller"
     BASE = "base"
+    SUBJECT = "subject"
 
 
 class Organization(IdMixin, Base):
@@ -58,6 +60,8 @@ class Organization(IdMixin, Base):
 
     name: Mapped[str] = mapped_column(String(200), unique=True)
     role: Mapped[str] = mapped_column(String(16))
+    #: a buyer that chose to be named: sellers see its name on valuations of their listings (else "a buyer")
+    named_to_sellers: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ApiKey(IdMixin, Base):
@@ -93,6 +97,8 @@ class Dataset(IdMixin, Base):
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     #: blob-store keys of the stored file(s), relative to the storage directory
     storage_keys: Mapped[list[Any]]
+    #: the job computing (or that computed) the dataset's profile: statistics, schema, graph summary
+    profile_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
 
 
 class Listing(IdMixin, Base):
@@ -103,6 +109,13 @@ class Listing(IdMixin, Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     public: Mapped[bool] = mapped_column(Boolean, default=True)
+    title: Mapped[str | None] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    licence: Mapped[str | None] = mapped_column(String(200))
+    #: buyers may see this many of the first rows (0: never; by default buyers see metadata, the data dictionary
+    #: and statistics, never rows)
+    sample_rows: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime | None]
 
 
 class ListingBuyer(Base):
@@ -267,3 +280,74 @@ class IdempotencyRecord(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- the portal ---------------------------------------------------------------------------------------------------
+
+
+class User(IdMixin, Base):
+    """A person who signs in to the portal; belongs to one organization (whose role it acts with)."""
+
+    __tablename__ = "users"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # lower-cased
+    #: argon2id (the encoded string with its salt and parameters); never the password
+    password_hash: Mapped[str] = mapped_column(String(200))
+    password_changed_at: Mapped[datetime | None]
+    last_sign_in_at: Mapped[datetime | None]
+    #: manages the organization's API keys in the portal
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class PortalSession(IdMixin, Base):
+    """A signed-in browser: the cookie holds a random token, the row only its SHA-256."""
+
+    __tablename__ = "portal_sessions"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class SignInThrottle(Base):
+    """Failed sign-ins per email (known or not, so the answer never tells which): slowed, then locked."""
+
+    __tablename__ = "sign_in_throttle"
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime | None]
+    locked_until: Mapped[datetime | None]
+
+
+class Upload(Base):
+    """A resumable (tus) upload in progress: its bytes sit in a blob-store temp file until it is complete and
+    becomes a dataset. Belongs to one organization: another one's upload is a 404."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    temp_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+
+
+class DictionaryEntry(Base):
+    """The data dictionary: per column of a dataset, its description, unit and type, as the seller wrote them."""
+
+    __tablename__ = "dictionary_entries"
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    column: Mapped[str] = mapped_column(String(200), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    type: Mapped[str | None] = mapped_column(String(40))
+    unit: Mapped[str | None] = mapped_column(String(100))
+    description: Mapped[str | None] = mapped_column(Text)

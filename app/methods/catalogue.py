@@ -62,6 +62,8 @@ class Method:
     lane_for: Callable[[Params], Lane] = field(default=_always_short)
     #: an internal method (run by the worker, never submitted through POST /jobs; not in GET /methods)
     internal: bool = False
+    #: a job the service starts itself (a dataset's profile): left out of the owner's job lists
+    system: bool = False
     #: the ranked table of sellers; ``rank_by`` orders it (descending), None keeps the order given
     columns: tuple[Column, ...] = ()
     rank_by: str | None = None

@@ -24,6 +24,7 @@ class DataRef:
     sha256: str | None = None  # known in the service (computed at upload); the CLI hashes the file on demand
     #: the file names its owner knows, one per path (the service's stored files have other names)
     file_names: tuple[str, ...] | None = None
+    kind: str | None = None  # "table" or "graph", where known (the service's datasets)
 
     @property
     def paths(self) -> tuple[Path, ...]:

@@ -177,12 +177,24 @@ def create_dataset(session: Session, store: BlobStore, caller: Caller, new: NewD
             store.commit(f.temp, key)
         session.add(row)
         session.flush()
+        row.profile_job_id = _queue_profile(session, row).id  # with the row, in one transaction
+        session.flush()
         session.commit()
     except BaseException:
         session.rollback()
         store.delete_tree(prefix)
         raise
     return row
+
+
+def _queue_profile(session: Session, row: Dataset) -> Job:
+    """The dataset's profile job (statistics, schema, graph summary), run by a worker in the short lane."""
+    from app import queue
+    from app.methods.internal import DATASET_PROFILE
+
+    job = Job(org_id=row.org_id, method=DATASET_PROFILE, params={}, resolved_params={"seed": 0}, lane="short")
+    job.datasets = [JobDataset(role=DatasetRole.SUBJECT, position=0, dataset_id=row.id)]
+    return queue.enqueue(session, job)
 
 
 def get_dataset(session: Session, caller: Caller, dataset_id: str) -> Dataset:
@@ -204,8 +216,8 @@ def list_datasets(session: Session, caller: Caller, *, limit: int = 50, offset: 
 
 def _jobs_using(session: Session, dataset_id: str) -> tuple[bool, bool]:
     """(an active job uses it, any job has it as its buyer dataset) over every organization's jobs: two
-    indexed EXISTS queries on ``job_datasets``."""
-    uses = exists().where(JobDataset.dataset_id == dataset_id)
+    indexed EXISTS queries on ``job_datasets`` (its own profile job does not count)."""
+    uses = exists().where(JobDataset.dataset_id == dataset_id, JobDataset.role != DatasetRole.SUBJECT)
     in_active = session.scalar(select(uses.where(JobDataset.job_id == Job.id, Job.status.in_(ACTIVE_STATES))))
     as_buyer = session.scalar(select(uses.where(JobDataset.role == DatasetRole.BUYER)))
     return bool(in_active), bool(as_buyer)
@@ -226,6 +238,9 @@ def delete_dataset(session: Session, store: BlobStore, caller: Caller, dataset_i
         raise Conflict(f"dataset {dataset_id} is the buyer dataset of jobs whose results refer to it")
     keys = list(row.storage_keys or [])
     try:
+        profiles = select(JobDataset.job_id).where(JobDataset.dataset_id == dataset_id,
+                                                   JobDataset.role == DatasetRole.SUBJECT)
+        session.execute(delete(Job).where(Job.id.in_(profiles)))  # its profile jobs go with it
         session.execute(delete(Dataset).where(Dataset.id == dataset_id, Dataset.org_id == caller.org_id))
         session.commit()
     except IntegrityError:

@@ -258,8 +258,11 @@ def get_job(session: Session, caller: Caller, job_id: str) -> Job:
 
 def list_jobs(session: Session, caller: Caller, *, status: str | None = None, limit: int = 50,
               offset: int = 0) -> tuple[list[Job], int]:
-    """The caller's jobs, newest first; ``(page, total)``."""
-    where = [Job.org_id == caller.org_id]
+    """The caller's jobs, newest first, without the service's own (datasets' profiles); ``(page, total)``."""
+    from app.methods.internal import INTERNAL
+
+    system = [m.id for m in INTERNAL.values() if m.system]
+    where = [Job.org_id == caller.org_id, Job.method.not_in(system)]
     if status is not None:
         if status not in JOB_STATES:
             raise Invalid(f"status must be one of {', '.join(JOB_STATES)}, not {status!r}", field="status")

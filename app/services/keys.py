@@ -74,6 +74,25 @@ def revoke_key(session: Session, prefix: str) -> ApiKey:
     return row
 
 
+def org_keys(session: Session, org_id: str) -> list[ApiKey]:
+    """One organization's keys, newest first (prefixes and dates, never secrets)."""
+    return list(session.scalars(select(ApiKey).where(ApiKey.org_id == org_id)
+                                .order_by(ApiKey.created_at.desc(), ApiKey.id)).all())
+
+
+def revoke_org_key(session: Session, org_id: str, key_id: str) -> ApiKey:
+    """Revoke one of an organization's keys (another organization's key is a 404)."""
+    from app.services.errors import NotFound
+
+    row = session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.org_id == org_id))
+    if row is None:
+        raise NotFound(f"key {key_id} not found", key_id=key_id)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row
+
+
 def list_keys(session: Session, org_name: str | None = None) -> list[tuple[ApiKey, Organization]]:
     """Every key (or one organization's) with its organization, newest first: prefixes and dates, never secrets."""
     stmt = select(ApiKey, Organization).join(Organization, Organization.id == ApiKey.org_id)

@@ -8,11 +8,24 @@ job's datasets go through: the caller's own dataset, or one listed to the caller
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Dataset, Listing, ListingBuyer, Organization
+from app.db.base import utcnow
+from app.db.models import (
+    Dataset,
+    DatasetRole,
+    Job,
+    JobDataset,
+    JobResult,
+    Listing,
+    ListingBuyer,
+    Organization,
+    PointValue,
+)
 from app.db.session import begin_write
 from app.services.errors import Invalid, NotFound
 from app.services.keys import Caller
@@ -93,11 +106,37 @@ def _select_views():
     )
 
 
-def create_listing(session: Session, caller: Caller, dataset_id: str, buyers: list[str] | None = None) -> ListingView:
+@dataclass(frozen=True)
+class ListingDetails:
+    """What a seller writes about a listing; ``sample_rows`` first rows buyers may see (0: none, the default)."""
+
+    title: str | None = None
+    description: str | None = None
+    licence: str | None = None
+    sample_rows: int = 0
+
+    def checked(self) -> ListingDetails:
+        limits = {"title": 200, "description": 10_000, "licence": 200}
+        for name, cap in limits.items():
+            value = getattr(self, name)
+            if value is not None and (len(value) > cap or "\x00" in value):
+                raise Invalid(f"{name}: at most {cap} characters, no NUL", field=name)
+        if not 0 <= self.sample_rows <= SAMPLE_ROWS_MAX:
+            raise Invalid(f"sample_rows: 0 (no rows) to {SAMPLE_ROWS_MAX}", field="sample_rows")
+        return ListingDetails(*(v.strip() or None if isinstance(v, str) else v for v in
+                                (self.title, self.description, self.licence)), self.sample_rows)
+
+
+SAMPLE_ROWS_MAX = 100
+
+
+def create_listing(session: Session, caller: Caller, dataset_id: str, buyers: list[str] | None = None,
+                   details: ListingDetails | None = None) -> ListingView:
     """List the caller's dataset: to every buyer (``buyers`` left out) or to the named organizations (names or ids).
 
     The caller must own the dataset (else :class:`NotFound`); roles are checked by the API (seller or admin).
     """
+    details = (details or ListingDetails()).checked()
     begin_write(session)
     dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.org_id == caller.org_id))
     if dataset is None:
@@ -106,13 +145,34 @@ def create_listing(session: Session, caller: Caller, dataset_id: str, buyers: li
         raise Invalid("buyers: give at least one organization, or leave buyers out to list to every buyer",
                       field="buyers")
     named = _resolve_buyers(session, buyers) if buyers is not None else []
-    listing = Listing(org_id=caller.org_id, dataset_id=dataset.id, public=buyers is None)
+    listing = Listing(org_id=caller.org_id, dataset_id=dataset.id, public=buyers is None, title=details.title,
+                      description=details.description, licence=details.licence, sample_rows=details.sample_rows)
     session.add(listing)
     session.flush()
     for org in named:
         session.add(ListingBuyer(listing_id=listing.id, buyer_org_id=org.id))
     session.flush()
     return ListingView(listing, dataset, caller.org_name, sorted(o.name for o in named))
+
+
+def update_listing(session: Session, caller: Caller, listing_id: str, details: ListingDetails,
+                   buyers: list[str] | None) -> ListingView:
+    """Edit one of the caller's listings: its details and who may value it."""
+    details = details.checked()
+    begin_write(session)
+    listing = session.scalar(select(Listing).where(Listing.id == listing_id, Listing.org_id == caller.org_id))
+    if listing is None:
+        raise NotFound(f"listing {listing_id} not found")
+    if buyers is not None and not buyers:
+        raise Invalid("buyers: name at least one organization, or open the listing to every buyer", field="buyers")
+    named = _resolve_buyers(session, buyers) if buyers is not None else []
+    listing.title, listing.description, listing.licence = details.title, details.description, details.licence
+    listing.sample_rows, listing.public, listing.updated_at = details.sample_rows, buyers is None, utcnow()
+    session.execute(delete(ListingBuyer).where(ListingBuyer.listing_id == listing.id))
+    for org in named:
+        session.add(ListingBuyer(listing_id=listing.id, buyer_org_id=org.id))
+    session.flush()
+    return get_listing(session, caller, listing_id)
 
 
 def list_listings(session: Session, caller: Caller, *, limit: int = 50,
@@ -151,3 +211,59 @@ def dataset_visible_for_valuation(session: Session, caller: Caller, dataset_id: 
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} not found")
     return dataset
+
+
+# --- a seller's view of demand -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Valuation:
+    job_id: str
+    method: str
+    status: str
+    created_at: datetime
+    buyer: str  # the buyer's name if it chose to be named, else "a buyer"
+    points: int  # the seller's own valued points in it (per-point methods)
+
+
+def demand(session: Session, caller: Caller, listing_id: str) -> tuple[ListingView, list[Valuation],
+                                                                       dict[str, dict[str, int]]]:
+    """How the caller's listing was valued: every job that valued its dataset (newest first, buyers named only if
+    they chose to be), and the counts by method and by day."""
+    view = get_listing(session, caller, listing_id)
+    if view.listing.org_id != caller.org_id:
+        raise NotFound(f"listing {listing_id} not found")
+    rows = session.execute(
+        select(Job, Organization).join(JobDataset, JobDataset.job_id == Job.id)
+        .join(Organization, Organization.id == Job.org_id)
+        .where(JobDataset.dataset_id == view.dataset.id, JobDataset.role == DatasetRole.SELLER)
+        .order_by(Job.created_at.desc())
+    ).all()
+    counts = dict(session.execute(
+        select(PointValue.job_id, func.count()).where(PointValue.dataset_id == view.dataset.id,
+                                                      PointValue.owner_org_id == caller.org_id)
+        .group_by(PointValue.job_id)).all())
+    valuations = [Valuation(job.id, job.method, job.status, job.created_at,
+                            org.name if org.named_to_sellers or org.id == caller.org_id else "a buyer",
+                            int(counts.get(job.id, 0))) for job, org in rows]
+    by_method: dict[str, int] = {}
+    by_day: dict[str, int] = {}
+    for v in valuations:
+        by_method[v.method] = by_method.get(v.method, 0) + 1
+        day = v.created_at.strftime("%Y-%m-%d")
+        by_day[day] = by_day.get(day, 0) + 1
+    return view, valuations, {"by_method": by_method, "by_day": by_day}
+
+
+def seller_values(session: Session, caller: Caller, listing_id: str, job_id: str) -> list[PointValue]:
+    """The caller's own points' values in one job that valued its listing's dataset, in row order."""
+    view, valuations, _ = demand(session, caller, listing_id)
+    if job_id not in {v.job_id for v in valuations}:
+        raise NotFound(f"job {job_id} not found")
+    return list(session.scalars(select(PointValue).where(
+        PointValue.job_id == job_id, PointValue.dataset_id == view.dataset.id,
+        PointValue.owner_org_id == caller.org_id).order_by(PointValue.idx)).all())
+
+
+def job_summary(session: Session, job_id: str) -> dict[str, Any] | None:
+    return session.scalar(select(JobResult.summary).where(JobResult.job_id == job_id))

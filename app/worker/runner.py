@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Dataset, DatasetRole, Job
 from app.methods import Method, Params, ParamsError
 from app.methods.inputs import DataRef, Inputs
+from app.methods.internal import GRAPH_BLIND_SCORE
 from app.methods.results import jsonable
 from app.storage import BlobStore
 
@@ -53,7 +54,7 @@ def _ref(ds: Dataset, store: BlobStore) -> DataRef:
     names = tuple(files) if len(files) == len(paths) and all(files) else tuple(ds.filename.split(","))
     return DataRef(name=ds.name, spec=paths[0] if len(paths) == 1 else (paths[0], paths[1]),
                    label_column=ds.label_column, dataset_id=ds.id, owner_org_id=ds.org_id, sha256=ds.sha256,
-                   file_names=names if len(names) == len(paths) else None)
+                   file_names=names if len(names) == len(paths) else None, kind=ds.kind)
 
 
 def share_inputs(session: Session, job: Job, store: BlobStore) -> Inputs:
@@ -72,7 +73,7 @@ def share_inputs(session: Session, job: Job, store: BlobStore) -> Inputs:
 
 def job_inputs(session: Session, job: Job, store: BlobStore) -> Inputs:
     """The job's datasets as method inputs (in their roles and order); a dataset deleted since is a user error."""
-    if method_of(job).internal:
+    if method_of(job).id == GRAPH_BLIND_SCORE:
         return share_inputs(session, job, store)
     links = sorted(job.datasets, key=lambda d: (d.role, d.position))
     ids = [d.dataset_id for d in links if d.dataset_id is not None]
@@ -84,7 +85,8 @@ def job_inputs(session: Session, job: Job, store: BlobStore) -> Inputs:
             raise ParamsError(job.method, [(None, f"a {link.role} dataset of this job no longer exists")])
         refs[DatasetRole(link.role)].append(_ref(row, store))
     base = refs[DatasetRole.BASE]
-    return Inputs(buyer=refs[DatasetRole.BUYER][0], sellers=refs[DatasetRole.SELLER], base=base[0] if base else None)
+    buyer = (refs[DatasetRole.BUYER] or refs[DatasetRole.SUBJECT])[0]  # a profile's subject is its one input
+    return Inputs(buyer=buyer, sellers=refs[DatasetRole.SELLER], base=base[0] if base else None)
 
 
 def split_points(result: dict[str, Any], inputs: Inputs, params: Params) -> RunOutput:

@@ -1,0 +1,71 @@
+"""``/keys``: an admin organization's own API keys (the portal's key page does the same for an organization's
+admins). A new key is shown once; only its SHA-256 is stored."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.deps import CallerDep, SessionDep, require_role
+from app.api.problems import responses
+from app.db.models import ApiKey, Organization
+from app.db.session import begin_write
+from app.services import keys as service
+
+router = APIRouter(tags=["keys"])
+
+
+class KeyOut(BaseModel):
+    id: str
+    prefix: str = Field(description="The public part of the key (apr_<prefix>_...)")
+    name: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The whole key: shown this once, never again")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200, description="A label for the key")
+
+
+def _out(row: ApiKey) -> KeyOut:
+    return KeyOut(id=row.id, prefix=row.prefix, name=row.name, created_at=row.created_at,
+                  last_used_at=row.last_used_at, revoked_at=row.revoked_at)
+
+
+@router.get("/keys", operation_id="list_keys", responses=responses(401, 403))
+def list_keys(session: SessionDep, caller: CallerDep) -> KeyList:
+    """The organization's keys (admin organizations only)."""
+    require_role(caller, "admin")
+    return KeyList(items=[_out(k) for k in service.org_keys(session, caller.org_id)])
+
+
+@router.post("/keys", operation_id="create_key", status_code=201, responses=responses(401, 403, 422))
+def create_key(body: KeyIn, session: SessionDep, caller: CallerDep) -> NewKeyOut:
+    """A new key of the organization; the response is the only time the whole key is shown."""
+    require_role(caller, "admin")
+    begin_write(session)
+    org = session.get(Organization, caller.org_id)
+    row, key = service.create_key(session, org, body.name)
+    return NewKeyOut(**_out(row).model_dump(), key=key)
+
+
+@router.delete("/keys/{key_id}", operation_id="revoke_key", status_code=204, responses=responses(401, 403, 404))
+def revoke_key(key_id: str, session: SessionDep, caller: CallerDep) -> Response:
+    """Revoke one of the organization's keys (API processes stop accepting it within the auth cache's TTL)."""
+    require_role(caller, "admin")
+    begin_write(session)
+    service.revoke_org_key(session, caller.org_id, key_id)
+    return Response(status_code=204)
