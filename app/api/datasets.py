@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -16,6 +16,7 @@ from app.api.uploads import receive_form
 from app.db.models import Dataset
 from app.services import datasets as service
 from app.services import profiles
+from app.services.errors import Invalid
 
 router = APIRouter(tags=["datasets"])
 
@@ -218,8 +219,10 @@ def get_dictionary(dataset_id: str, caller: CallerDep, session: SessionDep,
 
 
 @router.put("/datasets/{dataset_id}/dictionary", operation_id="put_dictionary", responses=responses(401, 404, 422))
-def put_dictionary(dataset_id: str, body: list[DictionaryEntryIn], caller: CallerDep,
-                   session: SessionDep) -> DictionaryOut:
+def put_dictionary(dataset_id: str, caller: CallerDep, session: SessionDep,
+                   body: Annotated[list[DictionaryEntryIn] | None, Body(max_length=100_000)] = None) -> DictionaryOut:
     """Set dictionary entries (by column name); columns left out keep what they had."""
     row = service.get_dataset(session, caller, dataset_id)
+    if body is None:
+        raise Invalid("the body must be a list of entries: [{name, type, unit, description}]", field="body")
     return DictionaryOut(items=profiles.write_dictionary(session, row, [e.model_dump() for e in body]))

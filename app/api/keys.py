@@ -7,12 +7,14 @@ from datetime import datetime
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from app.api.deps import CallerDep, SessionDep, require_role
 from app.api.problems import responses
 from app.db.models import ApiKey, Organization
 from app.db.session import begin_write
 from app.services import keys as service
+from app.services.errors import NotFound
 
 router = APIRouter(tags=["keys"])
 
@@ -65,7 +67,9 @@ def create_key(body: KeyIn, session: SessionDep, caller: CallerDep) -> NewKeyOut
 @router.delete("/keys/{key_id}", operation_id="revoke_key", status_code=204, responses=responses(401, 403, 404))
 def revoke_key(key_id: str, session: SessionDep, caller: CallerDep) -> Response:
     """Revoke one of the organization's keys (API processes stop accepting it within the auth cache's TTL)."""
-    require_role(caller, "admin")
     begin_write(session)
+    if session.scalar(select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.org_id == caller.org_id)) is None:
+        raise NotFound(f"key {key_id} not found", key_id=key_id)  # another organization's: 404, not 403
+    require_role(caller, "admin")
     service.revoke_org_key(session, caller.org_id, key_id)
     return Response(status_code=204)

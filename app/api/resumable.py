@@ -60,8 +60,8 @@ def create_upload(session: SessionDep, settings: SettingsDep, store: BlobStoreDe
 def upload_offset(upload_id: str, session: SessionDep, caller: WebCallerDep,
                   tus_resumable: Annotated[str | None, Header()] = None) -> Response:
     """How much of the upload the server has (``Upload-Offset``)."""
+    upload = service.get_upload(session, caller, upload_id)  # another organization's: 404 before anything else
     service.check_version(tus_resumable)
-    upload = service.get_upload(session, caller, upload_id)
     return Response(status_code=200, headers=_tus_headers(**{
         "Upload-Offset": str(upload.offset), "Upload-Length": str(upload.length),
         "Upload-Metadata": service.metadata_header(upload.metadata_ or {})}))
@@ -74,6 +74,8 @@ async def append_upload(upload_id: str, request: Request, store: BlobStoreDep, c
                         upload_offset: Annotated[int | None, Header(ge=0, le=2**62)] = None,
                         content_type: Annotated[str | None, Header()] = None) -> Response:
     """Append the body at ``Upload-Offset`` (``application/offset+octet-stream``); 204 with the new offset."""
+    with request.app.state.sessions() as session:
+        service.get_upload(session, caller, upload_id)  # another organization's: 404 before anything else
     service.check_version(tus_resumable)
     if (content_type or "").split(";")[0].strip() != "application/offset+octet-stream":
         raise UnsupportedMediaType("a PATCH body must be application/offset+octet-stream")
@@ -94,6 +96,7 @@ async def append_upload(upload_id: str, request: Request, store: BlobStoreDep, c
 def delete_upload(upload_id: str, session: SessionDep, store: BlobStoreDep, caller: WebCallerDep,
                   tus_resumable: Annotated[str | None, Header()] = None) -> Response:
     """Abandon an upload (its bytes are removed)."""
+    service.get_upload(session, caller, upload_id)  # another organization's: 404 before anything else
     service.check_version(tus_resumable)
     service.delete_upload(session, caller, store, upload_id)
     return Response(status_code=204, headers=_tus_headers())
@@ -102,8 +105,8 @@ def delete_upload(upload_id: str, session: SessionDep, store: BlobStoreDep, call
 class DatasetFromUpload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    kind: str = Field(max_length=16, description="table | graph")
+    name: str | None = Field(None, max_length=200, description="Required: the dataset's name")
+    kind: str | None = Field(None, max_length=16, description="Required: table | graph")
     label_column: str | None = Field(None, max_length=200)
     edges_upload_id: str | None = Field(None, max_length=64, description="A graph's edges.csv, uploaded the same way")
 
@@ -114,7 +117,8 @@ def create_dataset_from_upload(upload_id: str, body: DatasetFromUpload, session:
                                store: BlobStoreDep, caller: WebCallerDep) -> DatasetOut:
     """A complete upload (with ``edges_upload_id`` for a graph given as nodes.csv and edges.csv) becomes a
     dataset: validated by the same readers as ``POST /datasets``, stored atomically, profiled."""
+    service.get_upload(session, caller, upload_id)  # another organization's: 404 before the body's checks
     row = service.dataset_from_uploads(session, store, caller, settings.read_limits(), upload_id,
-                                       body.edges_upload_id, name=body.name, kind=body.kind,
+                                       body.edges_upload_id, name=body.name or "", kind=body.kind or "",
                                        label_column=body.label_column)
     return DatasetOut.of(row)
