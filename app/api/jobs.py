@@ -19,6 +19,7 @@ from app.api.deps import CallerDep, SessionDep, SettingsDep, require_role
 from app.api.problems import responses
 from app.db.models import Job, JobStatus, PointValue
 from app.services import jobs as service
+from app.services.errors import Conflict
 
 router = APIRouter(tags=["jobs"])
 
@@ -251,3 +252,31 @@ async def _events(factory, job_id: str, after: int, poll: float) -> AsyncIterato
             quiet_since = time.monotonic()
             yield b": keep-alive\n\n"
         await asyncio.sleep(poll)
+
+
+@router.get("/jobs/{job_id}/record", operation_id="get_job_record", responses=responses(401, 404, 409))
+def get_job_record(job_id: str, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+    """The reproducibility record of a finished job: method, Appraise version, every parameter with its default
+    filled in, the seed, and the name and sha256 of every input."""
+    job, result = service.get_job_with_result(session, caller, job_id)
+    if result is None:
+        raise Conflict(f"job {job_id} has no result yet ({job.status})", job_status=job.status)
+    return result.get("provenance") or {}
+
+
+@router.get("/jobs/{job_id}/download", operation_id="download_job_result", response_class=Response,
+            responses={**responses(401, 404, 409), 200: {"content": {"text/csv": {}, "application/json": {},
+                                                                     "application/vnd.apache.parquet": {}},
+                                                         "description": "The result, with its record"}})
+def download_job_result(job_id: str, session: SessionDep, caller: CallerDep,
+                        format: Annotated[Literal["csv", "parquet", "json"], Query()] = "csv") -> Response:
+    """The result as CSV (a ``#`` line first holds the reproducibility record), Parquet (the record in the file's
+    metadata, ``appraise.provenance``) or JSON (the whole result object): one row per seller."""
+    from app.services.results import download, method_of
+
+    job, result = service.get_job_with_result(session, caller, job_id)
+    if result is None:
+        raise Conflict(f"job {job_id} has no result yet ({job.status})", job_status=job.status)
+    body, media = download(method_of(job.method), result, format)
+    return Response(body, media_type=media,
+                    headers={"Content-Disposition": f'attachment; filename="{job.method}-{job.id}.{format}"'})

@@ -117,11 +117,37 @@ def point_entries(sellers: list[DataRef], sizes: list[int], values: torch.Tensor
     for ref, size in zip(sellers, sizes, strict=True):
         v = v_all[start:start + size]
         se = None if se_all is None else se_all[start:start + size]
+        finite = v[np.isfinite(v)]
+        counts, edges = np.histogram(finite, bins=20) if finite.size else (np.zeros(0), np.zeros(1))
         entries.append(seller_entry(ref, {
             "points": size, "values": v.tolist(), "stderr": None if se is None else se.tolist(),
-            "total": float(np.nansum(v)), "value_stats": value_stats(v)}))
+            "total": float(np.nansum(v)), "value_stats": value_stats(v),
+            "histogram": {"edges": edges.tolist(), "counts": counts.astype(int).tolist()}}))
         start += size
     return entries
+
+
+#: the share of the seller points removed at each step of the removal curve
+REMOVAL_FRACTIONS = tuple(i / 20 for i in range(11))  # 0%, 5%, ..., 50%
+
+
+def removal_curve(utility, values: torch.Tensor) -> dict[str, Any]:
+    """The buyer's validation score of the model retrained without the highest-valued (and, for contrast, the
+    lowest-valued) ⌊f·n⌋ seller points, for f in :data:`REMOVAL_FRACTIONS`: good values make the first curve fall
+    fast and the second one hold or rise."""
+    import torch
+
+    v = values.detach().cpu().double()
+    n = v.shape[0]
+    order = torch.argsort(-torch.nan_to_num(v, nan=float("-inf")), stable=True)
+    removed = [int(f * n) for f in REMOVAL_FRACTIONS]
+    masks = torch.ones((2 * len(removed), n), dtype=torch.bool)
+    for i, k in enumerate(removed):
+        masks[i, order[:k]] = False
+        masks[len(removed) + i, order[n - k:] if k else order[:0]] = False
+    scores = utility.values(masks).detach().cpu().double().tolist()
+    return {"fractions": list(REMOVAL_FRACTIONS), "removed": removed, "highest_first": scores[:len(removed)],
+            "lowest_first": scores[len(removed):], "metric": utility.describe().get("metric", "score")}
 
 
 # --- data-shapley ------------------------------------------------------------------------------------------------
@@ -148,6 +174,7 @@ def run_data_shapley(inputs: Inputs, p: DataShapleyParams, ctx: RunContext) -> d
     entries = point_entries(inputs.sellers, [len(q.y) for q in parts], result.values, stderrs)
     return result_object("data-shapley", entries, buyer=inputs.buyer.name, utility=utility_info(config, p),
                          u_full=utility.full_value(), u_empty=utility.empty_value(), **convergence(result),
+                         removal_curve=removal_curve(utility, result.values),
                          provenance=provenance("data-shapley", p, inputs))
 
 
@@ -165,11 +192,14 @@ def run_knn_shapley(inputs: Inputs, p: KnnShapleyParams, ctx: RunContext) -> dic
     ctx.progress(Progress(0.0, "knn", f"{len(y):,} points, {len(val.y):,} queries"))
     values = knn_shapley(x, y, val.x, val.y, p.k, device=ctx.device)
     entries = point_entries(inputs.sellers, [len(q.y) for q in parts], values, None)
+    from app.valuation.shapley.utilities import ModelConfig, ModelUtility
+
+    classifier = ModelUtility(x, y, val.x, val.y, config=ModelConfig(model="knn", k=p.k), device=ctx.device)
     return result_object(
         "knn-shapley", entries, buyer=inputs.buyer.name,
         utility={"model": "knn", "metric": "fraction of the K nearest with the validation label", "k": p.k},
         u_full=knn_full_utility(x, y, val.x, val.y, p.k, device=ctx.device), u_empty=0.0, estimator="exact-knn",
-        provenance=provenance("knn-shapley", p, inputs))
+        removal_curve=removal_curve(classifier, values), provenance=provenance("knn-shapley", p, inputs))
 
 
 # --- seller-shapley ----------------------------------------------------------------------------------------------

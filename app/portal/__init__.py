@@ -16,9 +16,9 @@ from app.services.errors import ServiceError
 
 
 def install(app: FastAPI) -> None:
-    from app.portal import account, datasets, jobs, listings
+    from app.portal import account, buyer, datasets, jobs, listings
 
-    for module in (account, datasets, listings, jobs):
+    for module in (account, datasets, listings, buyer, jobs):
         app.include_router(module.router, prefix="/portal", include_in_schema=False)
     app.mount("/portal/static", StaticFiles(directory=HERE / "static"), name="portal-static")
 

@@ -25,6 +25,7 @@ from app.services.users import SessionPolicy, SignedIn, csrf_ok, csrf_token, ses
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.globals["version"] = __version__
+templates.env.globals["format"] = format  # numbers as the method declares them (".4f")
 FORM_MAX_BYTES = 64 * 1024  # a page's form (the dataset upload streams, it is not a page form)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select
+from sqlalchemy import ColumnElement, String, and_, cast, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -175,11 +175,18 @@ def update_listing(session: Session, caller: Caller, listing_id: str, details: L
     return get_listing(session, caller, listing_id)
 
 
-def list_listings(session: Session, caller: Caller, *, limit: int = 50,
-                  offset: int = 0) -> tuple[list[ListingView], int]:
-    """What the caller may see (see :func:`_visible`), newest first, and how many there are in all."""
+def list_listings(session: Session, caller: Caller, *, limit: int = 50, offset: int = 0,
+                  search: str | None = None) -> tuple[list[ListingView], int]:
+    """What the caller may see (see :func:`_visible`), newest first, and how many there are in all; ``search``
+    keeps those whose title, description, dataset name or column names contain it (any case)."""
     where = _visible(caller)
-    total = session.scalar(select(func.count()).select_from(Listing).where(where)) or 0
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").lower() + "%"
+        text = [func.lower(Listing.title), func.lower(Listing.description), func.lower(Dataset.name),
+                func.lower(cast(Dataset.columns, String))]
+        where = and_(where, or_(*(t.like(pattern, escape="\\") for t in text)))
+    total = session.scalar(select(func.count()).select_from(Listing).join(Dataset, Dataset.id == Listing.dataset_id)
+                           .where(where)) or 0
     rows = session.execute(
         _select_views().where(where).order_by(Listing.created_at.desc(), Listing.id.desc()).limit(limit).offset(offset)
     ).all()
