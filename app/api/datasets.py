@@ -10,10 +10,10 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep
 from app.api.problems import responses
-from app.api.uploads import receive_form
 from app.db.models import Dataset
+from app.http.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep
+from app.http.multipart import receive_form
 from app.services import datasets as service
 from app.services import profiles
 from app.services.errors import Invalid

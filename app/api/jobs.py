@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -13,18 +9,16 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import CallerDep, SessionDep, SettingsDep, require_role
 from app.api.problems import responses
 from app.db.models import Job, JobStatus, PointValue
+from app.http.deps import CallerDep, SessionDep, SettingsDep, require_role
+from app.http.events import EVENTS_POLL_SECONDS, job_events
 from app.services import jobs as service
 from app.services.errors import Conflict
 
 router = APIRouter(tags=["jobs"])
 
-EVENTS_POLL_SECONDS = 0.5
-EVENTS_KEEPALIVE_SECONDS = 15.0
 
 
 class JobCreate(BaseModel):
@@ -192,11 +186,6 @@ def _value_out(v: PointValue) -> PointValueOut:
     return PointValueOut(dataset_id=v.dataset_id, index=v.idx, value=v.value, stderr=v.stderr)
 
 
-def _sse(data: dict[str, Any], *, event: str, event_id: int | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n".encode()
-
-
 @router.get(
     "/jobs/{job_id}/events",
     operation_id="stream_job_events",
@@ -221,37 +210,8 @@ def stream_job_events(
         after = 0
     factory = request.app.state.sessions
     poll = min(EVENTS_POLL_SECONDS, settings.poll_seconds)
-    return StreamingResponse(_events(factory, job.id, after, poll), media_type="text/event-stream",
+    return StreamingResponse(job_events(factory, job.id, after, poll), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def _fetch(factory, job_id: str, after: int) -> tuple[str, float, list[service.Event]]:
-    with factory() as session:
-        return service.events_after(session, job_id, after)
-
-
-async def _events(factory, job_id: str, after: int, poll: float) -> AsyncIterator[bytes]:
-    yield b": stream of job events\nretry: 2000\n\n"
-    quiet_since = time.monotonic()
-    while True:
-        status, progress, events = await run_in_threadpool(_fetch, factory, job_id, after)
-        for e in events:
-            yield _sse({"job_id": job_id, "kind": e.kind, "created_at": e.created_at.isoformat(), "data": e.data},
-                       event=e.kind, event_id=e.id)
-            after = e.id
-        if events:
-            quiet_since = time.monotonic()
-            if len(events) >= 500:
-                continue  # more to replay before looking at the state again
-        if service.is_finished(status):
-            yield _sse({"job_id": job_id, "kind": "state", "final": True, "data": {"status": status,
-                                                                                   "progress": progress}},
-                       event="state")
-            return
-        if time.monotonic() - quiet_since > EVENTS_KEEPALIVE_SECONDS:
-            quiet_since = time.monotonic()
-            yield b": keep-alive\n\n"
-        await asyncio.sleep(poll)
 
 
 @router.get("/jobs/{job_id}/record", operation_id="get_job_record", responses=responses(401, 404, 409))

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from app.api.deps import CallerDep, SessionDep, require_role
 from app.api.problems import responses
 from app.db.models import ApiKey, Organization
 from app.db.session import begin_write
+from app.http.deps import CallerDep, SessionDep, require_role
 from app.services import keys as service
 from app.services.errors import NotFound
 

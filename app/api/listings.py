@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep, require_role
 from app.api.problems import responses
+from app.http.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep, require_role
 from app.services import listings as service
 from app.services.errors import Conflict
 from app.services.listings import ListingDetails, ListingView

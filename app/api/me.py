@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from app.api.deps import CallerDep
 from app.api.problems import responses
+from app.http.deps import CallerDep
 
 router = APIRouter(tags=["organizations"])
 

@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from app.api.deps import CallerDep, SettingsDep
 from app.api.problems import responses
+from app.http.deps import CallerDep, SettingsDep
 from app.methods import METHODS, Caps, Method
 
 router = APIRouter(tags=["methods"])

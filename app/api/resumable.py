@@ -19,8 +19,8 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.datasets import DatasetOut
-from app.api.deps import BlobStoreDep, SessionDep, SettingsDep, WebCallerDep
 from app.api.problems import responses
+from app.http.deps import BlobStoreDep, SessionDep, SettingsDep, WebCallerDep
 from app.services import resumable as service
 from app.services.errors import Invalid, UnsupportedMediaType
 

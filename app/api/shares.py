@@ -10,11 +10,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep, require_role
 from app.api.jobs import JobOut, job_out
 from app.api.problems import responses
-from app.api.uploads import receive_form
 from app.db.models import Share
+from app.http.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep, require_role
+from app.http.multipart import receive_form
 from app.services import shares as service
 from app.services.errors import Invalid, UnsupportedMediaType
 

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func, select
 
-from app.api.deps import SESSION_COOKIE, SessionDep
 from app.db.models import Dataset, Job, Listing, Organization
 from app.db.session import begin_write
+from app.http.deps import SESSION_COOKIE, SessionDep
 from app.portal.web import FORM_MAX_BYTES, ViewerDep, checked_form, current_viewer, page, policy, redirect
 from app.services import keys as keys_service
 from app.services import users

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from app.api.deps import BlobStoreDep, SessionDep
+from app.http.deps import BlobStoreDep, SessionDep
 from app.methods import METHODS
 from app.portal import charts
 from app.portal.forms import fields_of, params_from_form

@@ -25,7 +25,17 @@ def _fmt(v: float) -> str:
 def _svg(width: int, height: int, title: str, desc: str, body: str) -> Markup:
     return Markup(
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" preserveAspectRatio="xMidYMid meet" '
-        f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title><desc>{escape(desc)}</desc>{body}</svg>')
+        f'style="max-width:{width}px" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
+        f'<desc>{escape(desc)}</desc>{body}</svg>')
+
+
+def _zoom(values: Sequence[float], lo: float, hi: float) -> tuple[float, float]:
+    """A tight axis range around ``values`` within [lo, hi], on a grid of 0.05 (so close sellers stay apart)."""
+    if not values:
+        return lo, hi
+    a = max(lo, math.floor((min(values) - 0.05) * 20) / 20)
+    b = min(hi, math.ceil((max(values) + 0.05) * 20) / 20)
+    return (a, b) if b - a >= 0.1 else (max(lo, a - 0.05), min(hi, b + 0.05))
 
 
 def histogram(edges: Sequence[float], counts: Sequence[int], title: str, *, width: int = 320,
@@ -89,40 +99,47 @@ def bars(labels: Sequence[str], values: Sequence[float], title: str, *, errors: 
 
 
 def scatter(points: Sequence[tuple[str, float, float, tuple[float, float] | None, tuple[float, float] | None]],
-            title: str, *, x_label: str, y_label: str, width: int = 420, height: int = 320,
+            title: str, *, x_label: str, y_label: str, width: int = 480, height: int = 360,
             domain: tuple[float, float] = (0.0, 1.0)) -> Markup:
-    """Labelled points (label, x, y, x interval, y interval) on [domain]²; intervals drawn as whiskers."""
-    pad_l, pad_b, pad_t, pad_r = 46, 40, 12, 12
+    """Labelled points (label, x, y, x interval, y interval), the axes zoomed to the points (and their intervals)
+    within [domain]; intervals drawn as whiskers."""
+    pad_l, pad_b, pad_t, pad_r = 46, 40, 12, 16
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
-    lo, hi = domain
+    xs = [v for _, x, _, xi, _ in points for v in (x, *(xi or ()))]
+    ys = [v for _, _, y, _, yi in points for v in (y, *(yi or ()))]
+    (x_lo, x_hi), (y_lo, y_hi) = _zoom(xs, *domain), _zoom(ys, *domain)
 
     def px(v: float) -> float:
-        return pad_l + w * (min(max(v, lo), hi) - lo) / (hi - lo)
+        return pad_l + w * (min(max(v, x_lo), x_hi) - x_lo) / (x_hi - x_lo)
 
     def py(v: float) -> float:
-        return pad_t + h - h * (min(max(v, lo), hi) - lo) / (hi - lo)
+        return pad_t + h - h * (min(max(v, y_lo), y_hi) - y_lo) / (y_hi - y_lo)
 
     parts = []
     for t in (0.0, 0.25, 0.5, 0.75, 1.0):
-        v = lo + t * (hi - lo)
-        parts.append(f'<line x1="{px(v):.1f}" y1="{pad_t}" x2="{px(v):.1f}" y2="{pad_t + h}" stroke="{GRID}"/>'
-                     f'<line x1="{pad_l}" y1="{py(v):.1f}" x2="{pad_l + w}" y2="{py(v):.1f}" stroke="{GRID}"/>'
-                     f'<text x="{px(v):.1f}" y="{pad_t + h + 14}" font-size="10" text-anchor="middle" '
-                     f'fill="{INK}">{v:g}</text><text x="{pad_l - 6}" y="{py(v) + 3:.1f}" font-size="10" '
-                     f'text-anchor="end" fill="{INK}">{v:g}</text>')
+        xv, yv = x_lo + t * (x_hi - x_lo), y_lo + t * (y_hi - y_lo)
+        parts.append(f'<line x1="{px(xv):.1f}" y1="{pad_t}" x2="{px(xv):.1f}" y2="{pad_t + h}" stroke="{GRID}"/>'
+                     f'<line x1="{pad_l}" y1="{py(yv):.1f}" x2="{pad_l + w}" y2="{py(yv):.1f}" stroke="{GRID}"/>'
+                     f'<text x="{px(xv):.1f}" y="{pad_t + h + 14}" font-size="10" text-anchor="middle" '
+                     f'fill="{INK}">{xv:.3g}</text><text x="{pad_l - 6}" y="{py(yv) + 3:.1f}" font-size="10" '
+                     f'text-anchor="end" fill="{INK}">{yv:.3g}</text>')
     parts.append(f'<text x="{pad_l + w / 2}" y="{height - 6}" font-size="12" text-anchor="middle" fill="{INK}">'
                  f'{escape(x_label)}</text><text x="12" y="{pad_t + h / 2}" font-size="12" text-anchor="middle" '
                  f'fill="{INK}" transform="rotate(-90 12 {pad_t + h / 2})">{escape(y_label)}</text>')
-    for label, x, y, xi, yi in points:
+    for k, (label, x, y, xi, yi) in enumerate(points):
         if xi:
             parts.append(f'<line x1="{px(xi[0]):.1f}" y1="{py(y):.1f}" x2="{px(xi[1]):.1f}" y2="{py(y):.1f}" '
                          f'stroke="{MUTED}" stroke-width="1.5"/>')
         if yi:
             parts.append(f'<line x1="{px(x):.1f}" y1="{py(yi[0]):.1f}" x2="{px(x):.1f}" y2="{py(yi[1]):.1f}" '
                          f'stroke="{MUTED}" stroke-width="1.5"/>')
+        right = px(x) > pad_l + 0.6 * w  # labels of points on the right go to their left, inside the plot
+        dy = -8 if k % 2 == 0 else 16  # neighbours alternate above and below
+        label_x = px(x) + (-8 if right else 8)
         parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="{ACCENT}"><title>{escape(label)}: '
-                     f'{x_label} {x:.4f}, {y_label} {y:.4f}</title></circle><text x="{px(x) + 7:.1f}" '
-                     f'y="{py(y) - 7:.1f}" font-size="11" fill="{INK}">{escape(label[:24])}</text>')
+                     f'{x_label} {x:.4f}, {y_label} {y:.4f}</title></circle><text x="{label_x:.1f}" '
+                     f'y="{py(y) + dy:.1f}" font-size="11" fill="{INK}" text-anchor="{"end" if right else "start"}">'
+                     f'{escape(label[:24])}</text>')
     desc = "; ".join(f"{label}: {x_label} {x:.4f}, {y_label} {y:.4f}" for label, x, y, _, _ in points)
     return _svg(width, height, title, desc, "".join(parts))
 

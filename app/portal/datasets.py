@@ -12,11 +12,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import BlobStoreDep, SessionDep
-from app.api.uploads import receive_form
 from app.data.errors import DataError
 from app.db.models import Dataset
 from app.db.session import begin_write
+from app.http.deps import BlobStoreDep, SessionDep
+from app.http.multipart import receive_form
 from app.portal import charts
 from app.portal.web import PortalNotFound, ViewerDep, checked_form, field_errors, page, redirect
 from app.services import datasets as service

@@ -9,7 +9,7 @@ import io
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from app.api.deps import SessionDep
+from app.http.deps import SessionDep
 from app.portal import charts
 from app.portal.web import PortalNotFound, ViewerDep, checked_form, field_errors, page, redirect
 from app.services import datasets as datasets_service

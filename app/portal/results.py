@@ -26,9 +26,20 @@ def rows(method: Method, result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def charts_for(method: Method, result: dict[str, Any]) -> list[Markup]:
-    """The charts of a result: relevance against diversity; structural disparity; point-value histograms and the
-    removal curve; sellers' Shapley shares."""
+def charts_for(method: Method, result: dict[str, Any]) -> list[tuple[str, Markup]]:
+    """The charts of a result, each with its caption: relevance against diversity; structural disparity;
+    point-value histograms and the removal curve; sellers' Shapley shares."""
+    return [(_caption(chart), chart) for chart in _charts(method, result)]
+
+
+def _caption(chart: Markup) -> str:
+    from html import unescape
+
+    text = str(chart)
+    return unescape(text.split("<title>", 1)[1].split("</title>", 1)[0]) if "<title>" in text else ""
+
+
+def _charts(method: Method, result: dict[str, Any]) -> list[Markup]:
     entries = ranked(method, result)
     out: list[Markup] = []
     if entries and "relevance" in entries[0] and "diversity" in entries[0]:

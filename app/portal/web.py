@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app import __version__
-from app.api.deps import SESSION_COOKIE, SessionDep
+from app.http.deps import SESSION_COOKIE, SessionDep
 from app.services.errors import Forbidden, ServiceError
 from app.services.keys import Caller
 from app.services.users import SessionPolicy, SignedIn, csrf_ok, csrf_token, session_user

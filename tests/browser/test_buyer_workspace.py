@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -100,7 +101,7 @@ def test_a_buyer_values_two_listings_and_reads_the_same_numbers_as_the_api(serve
 
     with page.expect_download() as info:
         page.get_by_role("link", name="Download CSV").click()
-    text = open(info.value.path()).read()
+    text = Path(info.value.path()).read_text()
     assert text.startswith("# appraise relevance-diversity result; reproducibility record: {")
     record = json.loads(text.splitlines()[0].split("record: ", 1)[1])
     assert record["method"] == "relevance-diversity" and len(record["inputs"]) == 3

@@ -215,8 +215,9 @@ def test_the_profile_numbers_equal_numpy_on_the_same_file(client, make_org, sett
                           "flag": rng.integers(0, 2, 3000).astype(float)})
     frame["label"] = rng.choice(["a", "b", "c"], 3000, p=[0.5, 0.3, 0.2])
     ds = upload(client, org, "t.csv", frame.to_csv(index=False).encode())
-    assert client.get(f"{API}/datasets/{ds['id']}/profile", headers=org.headers).json()["status"] == "queued"
-    run_queued(settings)
+    state = client.get(f"{API}/datasets/{ds['id']}/profile", headers=org.headers).json()
+    assert state["status"] == "queued"
+    run_queued(settings, until=state["job_id"])
     got = client.get(f"{API}/datasets/{ds['id']}/profile", headers=org.headers).json()
     assert got["status"] == "succeeded"
     prof = got["profile"]
@@ -247,7 +248,7 @@ def test_a_graphs_profile_equals_networkx(client, make_org, settings):
     buf = io.BytesIO()
     np.savez(buf, edge_index=np.array(list(g.edges())).T.astype(np.int64), x=np.ones((g.number_of_nodes(), 2)))
     ds = upload(client, org, "g.npz", buf.getvalue(), kind="graph")
-    run_queued(settings)
+    run_queued(settings, until=client.get(f"{API}/datasets/{ds['id']}/profile", headers=org.headers).json()["job_id"])
     prof = client.get(f"{API}/datasets/{ds['id']}/profile", headers=org.headers).json()["profile"]
     degrees = np.array([d for _, d in g.degree()])
     assert (prof["nodes"], prof["edges"]) == (g.number_of_nodes(), g.number_of_edges())
