@@ -38,6 +38,11 @@ class Utility(ABC):
         masks = ranks[:, None, :] < lengths[None, :, None]  # (P, L, n): player in prefix of length j
         return self.values(masks.reshape(-1, n)).reshape(p, stop - start)
 
+    def counters(self) -> dict[str, int]:
+        """Running counts of what the utility did (e.g. models fitted, fits not converged); estimators record how
+        much each batch added to them (``ValuationResult.utility_counts``). None by default."""
+        return {}
+
     def empty_value(self) -> float:
         return float(self.values(torch.zeros((1, self.n_players), dtype=torch.bool, device=self.device))[0])
 

@@ -6,17 +6,20 @@ training set. Many coalitions are scored at once: their models are fitted togeth
 
 **Constant predictor** (what a coalition that cannot train a model scores). Classification: every validation
 point gets one class; regression: every validation point gets the validation mean. Which coalitions get it,
-with ``R`` = the training rows of the coalition (base set ∪ T):
+with ``R`` = the training rows of the coalition (base set ∪ T), is ``ModelConfig.missing_classes``:
 
-- ``R`` empty (U(∅) with an empty base set): the validation set's majority class (ties → the smallest class
-  index) — the majority-class rate for accuracy, as METHODS.md §3 says, and that prediction's score for the
-  other metrics; regression: the validation mean (R² = 0, −MSE = −variance).
-- ``missing_classes="fit_present"`` (default): ``R`` holds exactly one class → that class is predicted (what
-  any classifier trained on one class would predict). ``R`` holds two or more classes → the model is trained
-  on them; a multinomial model is a softmax over the classes present in ``R`` and never predicts the others.
-  In a binary task both classes are then present, so the model is the usual binary logistic regression.
-- ``missing_classes="constant"`` (METHODS.md §3 read literally): ``R`` lacks any class that occurs in the
-  validation set (or holds fewer than two classes) → the validation majority class, as for U(∅).
+- ``"majority"`` (default; Data Shapley's rule and METHODS.md §3): ``R`` empty, or all of its points carry one
+  class → the validation set's majority class (ties → the smallest class index): the majority-class rate for
+  accuracy, that prediction's score for the other metrics. ``R`` with two or more classes → the model is
+  trained on them (see below).
+- ``"fit_present"`` (the rule before issue 13): ``R`` empty → the validation majority; ``R`` of one class →
+  that class (what a classifier trained on one class would predict); two or more → trained.
+- ``"constant"`` (METHODS.md §3's first paragraph read literally): ``R`` lacks any class that occurs in the
+  validation set (or holds fewer than two classes) → the validation majority.
+
+A model trained on ``R`` is scikit-learn's ``LogisticRegression(C)`` on those rows: binary when ``R`` holds two
+classes (also in a task with three or more), a softmax over the classes present otherwise; it never predicts
+a class ``R`` lacks. Regression: ``R`` empty → the validation mean (R² = 0, −MSE = −variance).
 
 With a non-empty base set, U(∅) is the score of the model trained on the base set alone (by the same rules).
 
@@ -54,6 +57,7 @@ from app.valuation.shapley.metrics import (
 
 ModelName = Literal["logistic", "ridge", "mlp", "knn"]
 MODELS = ("logistic", "ridge", "mlp", "knn")
+MISSING_CLASS_RULES = ("majority", "fit_present", "constant")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: prefix models train on gathered rows (base + longest prefix) while those are at most this share of all rows
 PREFIX_ROWS_FRACTION = 0.5
@@ -70,7 +74,7 @@ class ModelConfig:
     task: str | None = None
     C: float = 1.0  # logistic: inverse regularisation strength (scikit-learn's C)
     alpha: float = 1.0  # ridge penalty (scikit-learn's alpha)
-    tol: float = 1e-7  # logistic: Newton step max-norm at convergence
+    tol: float = 1e-7  # logistic: converged when the float64 gradient's max-norm ≤ tol·max(1, C·Σw)
     max_iter: int = 100  # logistic: Newton iterations
     solver: str = "auto"  # logistic: auto | newton | newton-cg
     newton_max_dim: int = 400  # logistic auto: explicit Hessian while (d+1)·k ≤ this
@@ -82,7 +86,8 @@ class ModelConfig:
     k: int = 5  # knn neighbours
     batch_size: int = 256  # models fitted at once (memory bound)
     seed: int = 0  # mlp initialisation
-    missing_classes: str = "fit_present"  # fit_present | constant (see the module docstring)
+    #: one-class and empty coalitions: majority | fit_present | constant (see the module docstring)
+    missing_classes: str = "majority"
     warm_start: bool = True  # logistic prefix_values
     dtype: str = "float64"  # features' dtype; float32 speeds up the MLP (logistic and ridge solve in float64)
     #: torch intra-op CPU threads while this utility computes (None: leave torch's setting). Thousands of small
@@ -118,8 +123,8 @@ class ModelConfig:
             raise ValuationError("logistic regression is a classifier; use ridge, mlp or knn for regression")
         if self.model == "ridge" and task != "regression":
             raise ValuationError("ridge is for regression tasks; use logistic, mlp or knn to classify")
-        if self.missing_classes not in ("fit_present", "constant"):
-            raise ValuationError("missing_classes must be fit_present or constant")
+        if self.missing_classes not in MISSING_CLASS_RULES:
+            raise ValuationError(f"missing_classes must be one of {', '.join(MISSING_CLASS_RULES)}")
         if self.dtype not in _DTYPES or self.hessian_dtype not in _DTYPES:
             raise ValuationError("dtype and hessian_dtype must be float64 or float32")
         if self.batch_size < 1 or self.k < 1 or self.C <= 0 or self.alpha < 0 or self.max_iter < 1:
@@ -249,8 +254,9 @@ class ModelUtility(Utility):
             self.val_mean = float(self.y_val.mean())
         self._order = neighbour_order(self.x_fit.double(), self.x_val.double()) if cfg.model == "knn" else None
         self._cache: tuple[torch.Tensor, int, M.LogisticFit] | None = None
-        #: counters for the result record: models fitted, of which not converged, and constant predictions
-        self.stats = {"models_fitted": 0, "not_converged": 0, "constant_predictor": 0}
+        #: counters for the result record: models fitted, of which retried and still not converged (logistic),
+        #: and coalitions scored as the constant predictor
+        self.stats = {"models_fitted": 0, "retried": 0, "not_converged": 0, "constant_predictor": 0}
         #: anything else to record with the result (e.g. how graph features were made)
         self.extra: dict[str, Any] = {}
 
@@ -294,13 +300,13 @@ class ModelUtility(Utility):
         counts = w @ self._onehot  # (b, C)
         present = counts > 0
         n_present = present.sum(1)
-        if self.config.missing_classes == "constant":
-            const = (n_present < 2) | (self._val_present & ~present).any(1)
-            cls = torch.full_like(n_present, self.majority)
-        else:
-            const = n_present < 2
-            cls = torch.where(n_present == 0, self.majority, counts.argmax(1))
-        return const, cls
+        rule = self.config.missing_classes
+        majority = torch.full_like(n_present, self.majority)
+        if rule == "constant":
+            return (n_present < 2) | (self._val_present & ~present).any(1), majority
+        if rule == "fit_present":
+            return n_present < 2, torch.where(n_present == 0, majority, counts.argmax(1))
+        return n_present < 2, majority
 
     def _evaluate(
         self,
@@ -345,6 +351,7 @@ class ModelUtility(Utility):
                 )
                 pred[fit_idx] = fit.predict(self.x_val)
                 self.stats["not_converged"] += int((~fit.converged).sum())
+                self.stats["retried"] += int(fit.retried.sum())
                 if keep:
                     state = _scatter(fit, fit_idx, b)
             elif cfg.model == "ridge":
@@ -375,9 +382,13 @@ class ModelUtility(Utility):
             zeros = torch.zeros((b, self.x_fit.shape[1] + 1, k), dtype=self.dtype, device=self.device)
             no = torch.zeros(b, dtype=torch.bool, device=self.device)
             state = M.LogisticFit(
-                coef=zeros, class_mask=no[:, None].expand(b, self.n_classes), fitted=no, n_iter=no.long(), converged=no
+                coef=zeros, class_mask=no[:, None].expand(b, self.n_classes), fitted=no, n_iter=no.long(), converged=no,
+                retried=no,
             )
         return self._metric(pred, self.y_val, self.n_classes), state
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -472,6 +483,7 @@ def _take(fit: M.LogisticFit, idx: torch.Tensor) -> M.LogisticFit:
         fitted=fit.fitted[idx],
         n_iter=fit.n_iter[idx],
         converged=fit.converged[idx],
+        retried=None if fit.retried is None else fit.retried[idx],
     )
 
 
@@ -494,4 +506,5 @@ def _scatter(fit: M.LogisticFit, idx: torch.Tensor, b: int) -> M.LogisticFit:
         fitted=spread(fit.fitted),
         n_iter=spread(fit.n_iter),
         converged=spread(fit.converged),
+        retried=None if fit.retried is None else spread(fit.retried),
     )

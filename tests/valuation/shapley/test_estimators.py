@@ -28,6 +28,7 @@ from app.valuation.shapley.stopping import (
     Or,
     RelativeChange,
     TimeBudget,
+    default_stopping,
 )
 
 from .games import (
@@ -368,9 +369,16 @@ def test_progress_and_checkpoint_callbacks():
     json.dumps(saved[-1], allow_nan=False)
 
 
-def test_needs_a_stopping_rule():
+def test_msr_has_a_default_rule():
+    """Issue 13: MSR no longer needs a budget (it used to raise); its default is the shared default rule, in
+    coalitions: the window of 100 permutations is 100·(n−1) coalitions, the cap 1,000·(n−1)."""
+    g = sqrt_game(W8)
+    r = banzhaf_msr(g, seed=0, batch_size=64)
+    assert r.stop_reason.startswith("RelativeChange(0.05, window=700)")
+    assert r.samples_done < 1000 * 7
+    within_3se(r, exact_banzhaf(g).values)
     with pytest.raises(ValuationError):
-        banzhaf_msr(additive([1.0, 2.0]))
+        banzhaf_msr(additive([1.0, 2.0]), stop=default_stopping("exact", 2))
 
 
 # --- devices -----------------------------------------------------------------------------------------------

@@ -76,18 +76,19 @@ def test_gathered_rows_fit_the_same_models(n_classes, solver):
 
 
 def test_multinomial_over_the_classes_present():
-    """A 3-class task whose rows hold only classes 0 and 2: a softmax over those two (class 1 never predicted).
-
-    A two-class softmax with the penalty on both columns equals a binary logistic regression with C doubled
-    (w₀ = −w₂ = β/2), which gives an independent reference."""
+    """A 3-class task whose rows hold only classes 0 and 2: the model scikit-learn fits on those rows with the
+    same C (a binary logistic regression of 2 against 0; class 1 never predicted). Issue 13: the former 2-way
+    softmax penalised both columns, i.e. C doubled."""
     x, y, _ = classification_data(5, 80, 3, 3)
     rows = y != 1
     fit = fit_logistic(torch.tensor(x), torch.tensor(y), torch.tensor(rows[None]), n_classes=3, tol=1e-10)
     proba = fit.predict_proba(torch.tensor(x))[0].numpy()
     assert fit.class_mask[0].tolist() == [True, False, True]
     assert np.all(proba[:, 1] == 0)
-    ref = sklearn_proba(x, (y == 2).astype(int), rows, 2, c=2.0)
-    np.testing.assert_allclose(proba[:, [0, 2]], ref, atol=1e-5)
+    ref = sklearn_proba(x, y, rows, 3, c=1.0)  # sklearn on rows with classes {0, 2}
+    np.testing.assert_allclose(proba, ref, atol=1e-6)
+    doubled = sklearn_proba(x, (y == 2).astype(int), rows, 2, c=2.0)
+    assert np.abs(proba[:, [0, 2]] - doubled).max() > 1e-2  # the old model is measurably different
 
 
 def test_single_class_rows_are_not_fitted():

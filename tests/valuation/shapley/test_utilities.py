@@ -101,14 +101,19 @@ def test_empty_coalition_with_a_base_set_is_the_base_model():
 
 
 def test_single_class_coalitions():
+    """Issue 13: the default is the literature's rule (a one-class coalition scores as the validation majority);
+    the rule before it, predicting the coalition's one class, is ``missing_classes="fit_present"``."""
     x, y, xv, yv = task(11, n_classes=3)
     one_class = torch.zeros((2, 40), dtype=torch.bool)
     one_class[0, np.flatnonzero(y == 1)[:3]] = True  # only class 1
     one_class[1, np.flatnonzero(y == 2)[:1]] = True  # one point of class 2
-    u = ModelUtility(x, y, xv, yv)
-    np.testing.assert_allclose(u.values(one_class).numpy(), [np.mean(yv == 1), np.mean(yv == 2)])
-    strict = ModelUtility(x, y, xv, yv, missing_classes="constant")
     majority_rate = np.bincount(yv).max() / len(yv)
+    assert np.argmax(np.bincount(yv)) == 0  # so the two rules differ here
+    u = ModelUtility(x, y, xv, yv)
+    np.testing.assert_allclose(u.values(one_class).numpy(), majority_rate)
+    old = ModelUtility(x, y, xv, yv, missing_classes="fit_present")
+    np.testing.assert_allclose(old.values(one_class).numpy(), [np.mean(yv == 1), np.mean(yv == 2)])
+    strict = ModelUtility(x, y, xv, yv, missing_classes="constant")
     np.testing.assert_allclose(strict.values(one_class).numpy(), majority_rate)
 
 
