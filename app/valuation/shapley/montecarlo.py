@@ -60,14 +60,14 @@ def default_permutation_stop(n_players: int = 2) -> StoppingCriterion:
     return default_stopping("tmc", n_players)
 
 
-def _block_width(prefix_block: int, patience: int, run: torch.Tensor, truncating: bool, left: int) -> int:
-    """Prefix lengths to evaluate next for all active permutations. With truncation, no wider than the fewest
-    prefixes after which any of them could truncate (patience + 1 − its current run): a permutation is then never
-    evaluated past the prefix where it truncates, and truncation can fire only at a block's last prefix."""
-    width = max(1, int(prefix_block))
-    if truncating and run.numel():
-        width = min(width, patience + 1 - int(run.max()))
-    return max(1, min(width, left))
+def _widths(prefix_block: int, patience: int, run: torch.Tensor, truncating: bool, left: torch.Tensor) -> torch.Tensor:
+    """How many prefix lengths each active permutation evaluates next: ``prefix_block``; with truncation no more
+    than the prefixes after which it could first truncate (patience + 1 − its current run of close prefixes),
+    so it is never evaluated past the prefix where it truncates, and can truncate only at its last new prefix."""
+    width = torch.full_like(left, max(1, int(prefix_block)))
+    if truncating:
+        width = torch.minimum(width, patience + 1 - run)
+    return torch.minimum(width.clamp_min(1), left)
 
 
 def permutation_marginals(
@@ -85,47 +85,50 @@ def permutation_marginals(
 
     ``permutations``: (P, n) int64 on the utility's device. Returns ``(phi, evaluations, truncated)`` with
     ``phi[p, i]`` the (weighted) marginal of player i in permutation p, the number of prefix utilities
-    evaluated, and the number of permutations truncated.
+    evaluated, and the number of permutations truncated. Each permutation walks its own prefixes (all active
+    ones in one :meth:`Utility.ragged_prefix_values` call per step) and stops at its own truncation point.
     """
     p, n = permutations.shape
     dev = permutations.device
     v = torch.empty((p, n + 1), dtype=_F64, device=dev)
     v[:, 0] = u_empty
     v[:, n] = u_full
-    active = torch.arange(p, device=dev)
-    run = torch.zeros(p, dtype=torch.int64, device=dev)  # consecutive "close to U(N)" prefixes so far
+    pos = torch.ones(p, dtype=torch.int64, device=dev)  # the next prefix length each permutation evaluates
+    run = torch.zeros(p, dtype=torch.int64, device=dev)  # its consecutive "close to U(N)" prefixes so far
     tol = None if truncation is None else float(truncation) * abs(u_full)
     evaluations = truncated = 0
     cols = torch.arange(n + 1, device=dev)
-    start = 1
-    while start < n and active.numel():
-        stop = start + _block_width(prefix_block, patience, run, tol is not None, n - start)
-        block = utility.prefix_values(permutations[active], start, stop).to(dev, _F64)  # (A, L)
-        evaluations += block.numel()
-        v[active, start:stop] = block
-        start = stop
-        if tol is None:
-            continue
+    active = (pos < n).nonzero().squeeze(1)
+    while active.numel():
+        width = _widths(prefix_block, patience, run[active], tol is not None, n - pos[active])
+        start = pos[active]
+        block = utility.ragged_prefix_values(permutations[active], start, start + width).to(dev, _F64)  # (A, W)
+        evaluations += int(width.sum())
         t = torch.arange(block.shape[1], device=dev)
-        close = (block - u_full).abs() < tol
-        last_far = torch.where(close, -1, t).cummax(dim=1).values  # last position not close, −1 if none
-        runs = torch.where(last_far >= 0, t - last_far, t + 1 + run[:, None])
-        hit = runs[:, -1] > patience  # by the block's width, a run can pass the patience only at its last prefix
-        if bool(hit.any()):
-            rows = active[hit]
-            j = torch.full((rows.numel(), 1), stop - 1, dtype=torch.int64, device=dev)  # truncated at prefix j
-            vr = v[rows]
-            v[rows] = torch.where(cols[None, :] > j, vr.gather(1, j), vr)
-            truncated += int(rows.numel())
-        keep = ~hit
-        active, run = active[keep], runs[keep, -1]
+        inside = t[None, :] < width[:, None]
+        row, col = inside.nonzero(as_tuple=True)
+        v[active[row], start[row] + col] = block[row, col]
+        pos[active] = start + width
+        done = pos[active] >= n
+        if tol is not None:
+            close = (block - u_full).abs() < tol  # NaN past a row's width: not close, and never read below
+            last_far = torch.where(close, -1, t).cummax(dim=1).values  # last position not close, −1 if none
+            runs = torch.where(last_far >= 0, t - last_far, t + 1 + run[active][:, None])
+            run[active] = runs.gather(1, (width - 1)[:, None])[:, 0]
+            hit = run[active] > patience  # by the widths, only possible at a row's last new prefix
+            if bool(hit.any()):
+                rows = active[hit]
+                j = (pos[rows] - 1)[:, None]  # the prefix at which it truncates
+                vr = v[rows]
+                v[rows] = torch.where(cols[None, :] > j, vr.gather(1, j), vr)
+                truncated += int(rows.numel())
+            done |= hit
+        active = active[~done]
     marg = v.diff(dim=1)  # (P, n), position order; 0 after truncation
     if weights is not None:
         marg = marg * weights.to(dev, _F64)[None, :]
     phi = torch.zeros_like(marg).scatter_(1, permutations, marg)
     return phi, evaluations, truncated
-
-
 def _permutation_estimator(
     utility: Utility,
     *,

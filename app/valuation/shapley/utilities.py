@@ -378,13 +378,7 @@ class ModelUtility(Utility):
                 ).to(pred.dtype)
             self.stats["models_fitted"] += int(fit_idx.numel())
         if keep and state is None and cfg.model == "logistic":  # nothing fitted: every model starts cold
-            k = 1 if self.n_classes == 2 else self.n_classes
-            zeros = torch.zeros((b, self.x_fit.shape[1] + 1, k), dtype=self.dtype, device=self.device)
-            no = torch.zeros(b, dtype=torch.bool, device=self.device)
-            state = M.LogisticFit(
-                coef=zeros, class_mask=no[:, None].expand(b, self.n_classes), fitted=no, n_iter=no.long(), converged=no,
-                retried=no,
-            )
+            state = _cold(b, self.x_fit.shape[1], self.n_classes, self.dtype, self.device)
         return self._metric(pred, self.y_val, self.n_classes), state
 
     def counters(self) -> dict[str, int]:
@@ -400,73 +394,110 @@ class ModelUtility(Utility):
                 out[sl] = self._evaluate(masks[sl])[0]
         return out
 
-    def _continue_from(self, perms: torch.Tensor, start: int) -> M.LogisticFit | None:
-        """The previous call's last prefix models for the permutations that continue it (the estimator may
-        drop truncated permutations between calls); None if no row continues."""
+    def _continue_from(self, perms: torch.Tensor, starts: torch.Tensor) -> M.LogisticFit | None:
+        """The previous call's last prefix model of every permutation that continues it (the same permutation,
+        starting where that call stopped; the estimator may drop or reorder permutations between calls); rows
+        that do not continue start cold. None if no row continues."""
         if self._cache is None:
             return None
-        c_perms, c_stop, c_state = self._cache
-        if c_stop != start or c_perms.shape[1] != perms.shape[1]:
+        c_perms, c_stops, c_state = self._cache
+        if c_perms.shape[1] != perms.shape[1] or c_perms.shape[0] == 0:
             return None
         if c_perms.shape == perms.shape and torch.equal(c_perms, perms):
-            return c_state
-        old_keys, new_keys = _row_keys(c_perms), _row_keys(perms)
-        sorted_keys, order = old_keys.sort()
-        pos = torch.searchsorted(sorted_keys, new_keys).clamp_max(max(len(sorted_keys) - 1, 0))
-        cand = order[pos]
-        found = (sorted_keys[pos] == new_keys) & (c_perms[cand] == perms).all(1)
+            cand = torch.arange(perms.shape[0], device=perms.device)
+            found = torch.ones(perms.shape[0], dtype=torch.bool, device=perms.device)
+        else:
+            sorted_keys, order = _row_keys(c_perms).sort()
+            new_keys = _row_keys(perms)
+            pos = torch.searchsorted(sorted_keys, new_keys).clamp_max(len(sorted_keys) - 1)
+            cand = order[pos]
+            found = (sorted_keys[pos] == new_keys) & (c_perms[cand] == perms).all(1)
+        found &= c_stops[cand] == starts
         if not bool(found.any()):
             return None
         state = _take(c_state, cand)
-        state.fitted = state.fitted & found  # rows that do not continue start cold
+        state.fitted = state.fitted & found
         state.coef = state.coef * found[:, None, None]
         return state
 
     def prefix_values(self, permutations: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         if self.config.model != "logistic" or not self.config.warm_start:
             return super().prefix_values(permutations.to(self.device), start, stop)
+        p, n = permutations.shape
+        if not 0 <= start <= stop <= n + 1:
+            raise ValuationError(f"prefix lengths must satisfy 0 ≤ start ≤ stop ≤ {n + 1}, got {start}..{stop}")
+        starts = torch.full((p,), start, dtype=torch.int64, device=self.device)
         with torch_threads(self.config.threads):
-            return self._warm_prefixes(permutations, start, stop)
+            return self._warm_prefixes(permutations, starts, starts + (stop - start))
 
-    def _warm_prefixes(self, permutations: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def ragged_prefix_values(
+        self, permutations: torch.Tensor, starts: torch.Tensor, stops: torch.Tensor
+    ) -> torch.Tensor:
+        if self.config.model != "logistic" or not self.config.warm_start:
+            return super().ragged_prefix_values(permutations.to(self.device), starts, stops)
+        with torch_threads(self.config.threads):
+            return self._warm_prefixes(permutations, starts.to(self.device), stops.to(self.device))
+
+    def _warm_prefixes(self, permutations: torch.Tensor, starts: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+        """Prefix utilities (P, W), W the widest range, NaN past a row's own range (see the module docstring):
+        G offsets at a time (:func:`_group_width`), every model warm-started from its permutation's last model
+        in the previous group (or of the previous call)."""
         perms = permutations.to(device=self.device, dtype=torch.int64)
         p, n = perms.shape
         if n != self.n_players:
             raise ValuationError(f"permutations must be (P, {self.n_players}), got {tuple(perms.shape)}")
-        if not 0 <= start <= stop <= n + 1:
-            raise ValuationError(f"prefix lengths must satisfy 0 ≤ start ≤ stop ≤ {n + 1}, got {start}..{stop}")
-        out = torch.empty((p, stop - start), dtype=torch.float64, device=self.device)
-        if p == 0 or stop == start:
+        starts, stops = starts.to(torch.int64), stops.to(torch.int64)
+        if p and (bool((starts < 0).any()) or bool((stops < starts).any()) or int(stops.max()) > n + 1):
+            raise ValuationError(f"prefix lengths must satisfy 0 ≤ start ≤ stop ≤ {n + 1}")
+        width = int((stops - starts).max()) if p else 0
+        out = torch.full((p, width), float("nan"), dtype=torch.float64, device=self.device)
+        if width == 0:
             return out
         ranks = torch.empty_like(perms)
         ranks.scatter_(1, perms, torch.arange(n, device=self.device).expand(p, n))
-        state = self._continue_from(perms, start)
-        group = max(1, self.config.batch_size // p)
-        for g0 in range(start, stop, group):
-            lengths = torch.arange(g0, min(g0 + group, stop), device=self.device)
-            gl = lengths.numel()
-            masks = (ranks[:, None, :] < lengths[None, :, None]).reshape(p * gl, n)  # row = perm·gl + j
-            init = _repeat(state, gl) if state is not None else None
-            vals, fit = self._evaluate(masks, init, keep=True, rows=self._prefix_rows(perms, lengths))
-            out[:, g0 - start : g0 - start + gl] = vals.reshape(p, gl)
-            state = _take(fit, torch.arange(p, device=self.device) * gl + (gl - 1))
-        self._cache = (perms.clone(), stop, state)
+        state = self._continue_from(perms, starts)
+        state = _cold(p, self.x_fit.shape[1], self.n_classes, self.dtype, self.device) if state is None else state
+        g0 = 0
+        while g0 < width:
+            group = _group_width(stops - starts - g0, self.config.batch_size)
+            offsets = torch.arange(g0, min(g0 + group, width), device=self.device)
+            g0 += group
+            lengths = starts[:, None] + offsets[None, :]  # (p, gl)
+            row, col = (lengths < stops[:, None]).nonzero(as_tuple=True)  # model order: by permutation, then length
+            length = lengths[row, col]
+            masks = ranks[row] < length[:, None]
+            vals, fit = self._evaluate(masks, _take(state, row), keep=True, rows=self._prefix_rows(perms, row, length))
+            out[row, offsets[0] + col] = vals
+            counts = torch.bincount(row, minlength=p)
+            moved = counts > 0  # each permutation's new state: its longest prefix in this group
+            state = _replace(state, moved.nonzero().squeeze(1), fit, (counts.cumsum(0) - 1)[moved])
+        self._cache = (perms.clone(), stops.clone(), state)
         return out
 
-    def _prefix_rows(self, perms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Training rows of the prefix models (row = perm·gl + j: the first ``lengths[j]`` players of perm):
+    def _prefix_rows(
+        self, perms: torch.Tensor, row: torch.Tensor, length: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Training rows of the prefix models (model m: the first ``length[m]`` players of ``perms[row[m]]``):
         the base rows and the longest prefix's players, weighted 1 inside each model's prefix. None when that
         would not be well under all the rows (then the shared design is cheaper)."""
-        p, gl, longest = perms.shape[0], lengths.numel(), int(lengths[-1])
+        longest = int(length.max())
         r = self.n_base + longest
         if r > PREFIX_ROWS_FRACTION * (self.n_base + self.n_players):
             return None
-        dev = self.device
-        base = torch.arange(self.n_base, device=dev).expand(p, self.n_base)
-        idx = torch.cat([base, perms[:, :longest] + self.n_base], dim=1).repeat_interleave(gl, dim=0)  # (p·gl, r)
-        inside = torch.arange(longest, device=dev)[None, :] < lengths[:, None]  # (gl, longest)
-        w = torch.cat([torch.ones((gl, self.n_base), dtype=self.dtype, device=dev), inside.to(self.dtype)], dim=1)
-        return idx, w.repeat(p, 1)
+        dev, m = self.device, row.numel()
+        base = torch.arange(self.n_base, device=dev).expand(m, self.n_base)
+        idx = torch.cat([base, perms[row, :longest] + self.n_base], dim=1)  # (m, r)
+        inside = torch.arange(longest, device=dev)[None, :] < length[:, None]  # (m, longest)
+        w = torch.cat([torch.ones((m, self.n_base), dtype=self.dtype, device=dev), inside.to(self.dtype)], dim=1)
+        return idx, w
+
+
+def _group_width(left: torch.Tensor, budget: int) -> int:
+    """The most offsets G ≥ 1 such that one group, min(left_p, G) models per permutation, holds at most
+    ``budget`` models (``left``: (P,) lengths each permutation still has). G = budget // P when all are equal."""
+    wmax = int(left.max())
+    at_least = (left[None, :] >= torch.arange(1, wmax + 1, device=left.device)[:, None]).sum(1)  # #{left ≥ g}
+    return max(1, int((at_least.cumsum(0) <= budget).sum()))
 
 
 def _row_keys(perms: torch.Tensor) -> torch.Tensor:
@@ -487,9 +518,26 @@ def _take(fit: M.LogisticFit, idx: torch.Tensor) -> M.LogisticFit:
     )
 
 
-def _repeat(fit: M.LogisticFit, times: int) -> M.LogisticFit:
-    idx = torch.arange(fit.coef.shape[0], device=fit.coef.device).repeat_interleave(times)
-    return _take(fit, idx)
+def _cold(b: int, d: int, n_classes: int, dtype: torch.dtype, device: torch.device) -> M.LogisticFit:
+    """b unfitted models (zero coefficients): what a model without a warm start starts from."""
+    k = 1 if n_classes == 2 else n_classes
+    no = torch.zeros(b, dtype=torch.bool, device=device)
+    return M.LogisticFit(coef=torch.zeros((b, d + 1, k), dtype=dtype, device=device),
+                         class_mask=no[:, None].expand(b, n_classes), fitted=no, n_iter=no.long(), converged=no,
+                         retried=no)
+
+
+def _replace(state: M.LogisticFit, rows: torch.Tensor, fit: M.LogisticFit, idx: torch.Tensor) -> M.LogisticFit:
+    """``state`` with rows ``rows`` replaced by ``fit``'s models ``idx``."""
+
+    def put(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a = a.clone()
+        a[rows] = b[idx]
+        return a
+
+    return M.LogisticFit(coef=put(state.coef, fit.coef), class_mask=put(state.class_mask, fit.class_mask),
+                         fitted=put(state.fitted, fit.fitted), n_iter=put(state.n_iter, fit.n_iter),
+                         converged=put(state.converged, fit.converged), retried=put(state.retried, fit.retried))
 
 
 def _scatter(fit: M.LogisticFit, idx: torch.Tensor, b: int) -> M.LogisticFit:
