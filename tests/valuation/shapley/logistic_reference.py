@@ -90,3 +90,22 @@ def optimum(x: np.ndarray, y: np.ndarray, w: np.ndarray, present: np.ndarray, c:
     res = minimize(fun, np.zeros(d1 * len(cols)), jac=grad, hess=hess, method="trust-exact",
                    options={"gtol": gtol, "maxiter": 1000})
     return float(res.fun)
+
+
+def gradient_max(coef: np.ndarray, x: np.ndarray, y: np.ndarray, w: np.ndarray, present: np.ndarray,
+                 c: float) -> float:
+    """max |∂f/∂W| over the coefficients the model carries (see :func:`_free_columns`), in float64."""
+    k = coef.shape[1]
+    xa = np.hstack([x, np.ones((len(x), 1))])
+    z = xa @ coef
+    if k == 1:
+        p = 1.0 / (1.0 + np.exp(-z))
+        target = (y == 1)[:, None].astype(float)
+    else:
+        zp = np.where(present[None, :], z, -np.inf)
+        p = np.exp(zp - logsumexp(zp, axis=1, keepdims=True))
+        target = np.eye(k)[y]
+    pen = np.ones(xa.shape[1])
+    pen[-1] = 0.0
+    g = xa.T @ ((p - target) * (c * np.where(w > 0, w, 0.0))[:, None]) + pen[:, None] * coef
+    return float(np.abs(g[:, _free_columns(present, k)]).max())
