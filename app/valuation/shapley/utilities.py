@@ -23,13 +23,15 @@ a class ``R`` lacks. Regression: ``R`` empty → the validation mean (R² = 0, �
 
 With a non-empty base set, U(∅) is the score of the model trained on the base set alone (by the same rules).
 
-**Warm starts.** :meth:`ModelUtility.prefix_values` (logistic model) walks the prefixes of P permutations in
-order of length, G = max(1, batch_size // P) lengths at a time, starting every model of a group from the
-coefficients of the same permutation's last prefix in the previous group; a call that
-continues the previous call (same permutations, ``start`` = previous ``stop``) continues from its models. Every
-model is still solved to the same tolerance, so the values equal those of :meth:`ModelUtility.values` up to
-that tolerance. The MLP is never warm-started (a non-convex fit for a fixed number of epochs would change),
-and ridge and KNN have nothing to warm-start.
+**Warm starts.** :meth:`ModelUtility.ragged_prefix_values` (logistic model) walks the prefixes of P permutations,
+each over its own range of lengths (TMC stops each permutation at its own truncation point), G offsets at a time
+(as many as keep a group within ``batch_size`` models; G = batch_size // P when all ranges are equal), starting
+every model of a group from its permutation's last model in the previous group. A call that continues the previous
+one (the same permutation, starting where it stopped; others may have dropped out) continues from its models.
+:meth:`ModelUtility.prefix_values` is the case of one range for all. Every model is still solved to the same
+tolerance, so the values equal those of :meth:`ModelUtility.values` up to that tolerance. The MLP is never
+warm-started (a non-convex fit for a fixed number of epochs would change), and ridge and KNN have nothing to
+warm-start.
 """
 
 from __future__ import annotations
