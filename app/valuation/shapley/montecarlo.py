@@ -3,10 +3,10 @@ r"""Monte Carlo estimators: TMC-Shapley, Beta Shapley (permutation semivalue), D
 **Permutation walk (TMC, Beta).** A batch holds P uniform random permutations π (seeded by (seed, batch)).
 With :math:`v_0 = U(\emptyset)`, :math:`v_j = U(\{\pi_1..\pi_j\})` and :math:`v_n = U(N)` (both cached), the
 marginal of :math:`\pi_j` is :math:`v_j - v_{j-1}`. Prefix lengths 1..n−1 are evaluated with
-:meth:`Utility.prefix_values` in blocks of lengths for all still-active permutations at once: ``prefix_block``
-lengths without truncation; with truncation, at most the fewest prefixes after which any active permutation
-could truncate (patience + 1 − its current run of close prefixes), so truncation is decided per prefix and no
-permutation is ever evaluated past the prefix where it truncates.
+:meth:`Utility.ragged_prefix_values`, all still-active permutations in one call per step, each permutation over
+its own next lengths: ``prefix_block`` of them without truncation; with truncation at most patience + 1 − (its
+current run of close prefixes), the fewest after which it could truncate. So truncation is decided per prefix:
+a permutation is never evaluated past the prefix where it truncates.
 
 *Truncation* (Ghorbani & Zou, tolerance relative): after :math:`v_j` is known, count the consecutive prefixes
 with :math:`|U(N) - v_j| < \text{tol}\cdot|U(N)|`; once the count exceeds ``patience`` (5) at prefix j, the
@@ -54,10 +54,10 @@ from app.valuation.shapley.stopping import MaxSamples, StoppingCriterion, defaul
 _F64 = torch.float64
 
 
-def default_permutation_stop(n_players: int = 2) -> StoppingCriterion:
-    """METHODS §3's rule with the budget as a cap: ``default_stopping("tmc", n_players)`` (relative change
-    < 0.05 over 100 permutations, or 1,000 permutations done)."""
-    return default_stopping("tmc", n_players)
+def default_permutation_stop() -> StoppingCriterion:
+    """METHODS §3's rule with the budget as a cap, ``default_stopping("tmc", n)`` (the same for every n):
+    relative change < 0.05 over 100 permutations, or 1,000 permutations done."""
+    return default_stopping("tmc", 1)
 
 
 def _widths(prefix_block: int, patience: int, run: torch.Tensor, truncating: bool, left: torch.Tensor) -> torch.Tensor:
@@ -129,6 +129,8 @@ def permutation_marginals(
         marg = marg * weights.to(dev, _F64)[None, :]
     phi = torch.zeros_like(marg).scatter_(1, permutations, marg)
     return phi, evaluations, truncated
+
+
 def _permutation_estimator(
     utility: Utility,
     *,
@@ -169,7 +171,7 @@ def _permutation_estimator(
         return part
 
     if stop is None and batches is None:
-        stop = default_permutation_stop(n)
+        stop = default_permutation_stop()
     return run_batches(result, utility, one_batch, stop=stop, batches=batches, progress=progress,
                        checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 

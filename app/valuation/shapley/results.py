@@ -185,10 +185,10 @@ class ValuationResult:
     Bookkeeping (all in the checkpoint): ``estimator`` and ``params`` (every choice that defines the numbers),
     ``seed``, ``batches`` (indices of the batches merged in; batch b's randomness comes from (seed, b) only),
     ``permutations_done`` / ``samples_done`` (permutation estimators count permutations, MSR counts coalitions),
-    ``utility_evaluations``, ``utility_counts`` (what the utility reported doing for this run's evaluations, summed
-over batches: for a model utility ``models_fitted``, ``retried``, ``not_converged`` — fits whose float64 gradient
-stayed above the tolerance even after the retry — and ``constant_predictor``), ``truncated`` (permutations cut
-short by TMC truncation), ``u_full`` = U(N),
+    ``utility_evaluations``, ``utility_counts`` (what the utility reported doing for this run's evaluations,
+    summed over batches: for a model utility ``models_fitted``, ``retried``, ``not_converged`` — fits whose
+    float64 gradient stayed above the tolerance even after the retry — and ``constant_predictor``),
+    ``truncated`` (permutations cut short by TMC truncation), ``u_full`` = U(N),
     ``u_empty`` = U(∅), ``stop_reason``, ``stopping_state`` (the stopping criteria's own state, so a resumed run
     stops exactly where an uninterrupted one would) and ``elapsed_s`` (wall time, summed over resumptions).
     """
