@@ -18,11 +18,11 @@ its rows hold, as scikit-learn's ``LogisticRegression(C)`` fitted on those rows 
 **Solver** (:mod:`app.valuation.shapley.newton`): damped Newton with Armijo backtracking, all models of a
 chunk at once; objective and gradient always in float64. ``newton`` (while (d+1)·k ≤ ``newton_max_dim``, k = 1
 binary or #classes): the Hessian is *formed* in ``hessian_dtype`` (float32 by default, 3–5× faster; it only
-steers), factored by Cholesky in float64 and kept as an explicit inverse; a model reuses it (a chord step: one
-product) while its steps shrink fast. ``newton-cg`` (larger problems): the Newton system is solved by
-Jacobi-preconditioned conjugate gradients on Hessian-vector products. ``rows=`` gives each model its own
-gathered rows (TMC prefixes much smaller than n). Features are centred first (the intercept absorbs the shift;
-the low-precision Hessian of a large offset would steer badly).
+steers), factored by Cholesky in float64 and kept as an explicit inverse; where (d+1)·k ≥ ``CHORD_MIN_DIM`` a
+model reuses it (a chord step: one product) while its steps shrink fast. ``newton-cg`` (larger problems): the
+Newton system is solved by Jacobi-preconditioned conjugate gradients on Hessian-vector products. ``rows=`` gives
+each model its own gathered rows (TMC prefixes much smaller than n). Features are centred first (the intercept
+absorbs the shift; the low-precision Hessian of a large offset would steer badly).
 
 **Convergence is a small gradient**, checked in float64: a model stops when
 :math:`\lVert\nabla f_b\rVert_\infty \le \text{tol}\cdot\max(1, C\sum_i w_{bi})` (the gradient of the mean
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from app.valuation.errors import ValuationError
 from app.valuation.shapley.design import augment, batches, bounded, check_rows, check_xyw, design_times
-from app.valuation.shapley.newton import DEFAULT_MAX_CG, LogisticProblem, NewtonOptions, solve
+from app.valuation.shapley.newton import CHORD_MIN_DIM, DEFAULT_MAX_CG, LogisticProblem, NewtonOptions, solve
 
 Solver = Literal["auto", "newton", "newton-cg"]
 
@@ -268,7 +268,7 @@ def fit_logistic(
         k_g = 1 if group.binary else n_cls
         newton = solver == "newton" or (solver == "auto" and (d + 1) * k_g <= newton_max_dim)
         opts = NewtonOptions(float(C), float(tol), int(max_iter), newton, DEFAULT_MAX_CG if max_cg is None else max_cg,
-                        x.dtype if hessian_dtype is None else hessian_dtype)
+                             x.dtype if hessian_dtype is None else hessian_dtype, chord=(d + 1) * k_g >= CHORD_MIN_DIM)
         theta = _group_start(group, start, present)
         theta[:, -1, :] += torch.einsum("d,bdk->bk", shift, theta[:, :-1, :])  # to centred coordinates
         it, conv, again = _fit_group(xa, y, w, rows, present, group, theta, opts, batch_size)

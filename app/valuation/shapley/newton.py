@@ -35,6 +35,10 @@ F_FLOOR = 1e-12
 #: chord steps: keep an inverse Hessian while steps stay below CHORD_MAX_STEP and shrink by CHORD_RATE or better
 CHORD_MAX_STEP = 0.5
 CHORD_RATE = 0.25
+#: ... and only for problems with at least this many coefficients: below it a fresh factor costs little, while a
+#: chord step's linear convergence costs iterations (measured: 20% slower TMC at (d+1)·k = 11, 6% faster at 31,
+#: 28% faster at 65)
+CHORD_MIN_DIM = 20
 #: per-model designs: compact the problem once at most this share of its models is still active
 COMPACT_SHARE = 0.5
 #: newton-cg: largest relative CG residual accepted, and CG iterations per Newton step
