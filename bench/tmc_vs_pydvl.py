@@ -8,9 +8,13 @@ pyDVL with joblib ``n_jobs=1`` and one BLAS thread, Appraise with ``ModelConfig(
 pyDVL runs as a subprocess under ``.venv-peers/bin/python`` (bench/peers/pydvl_tmc.py); it is never imported here.
 
 Reference: Appraise TMC without truncation with ``--ref-perms`` permutations (exact Shapley for n ≤ 12).
+Appraise's truncation is decided per prefix, as pyDVL's is: a permutation is evaluated up to the prefix where it
+truncates and no further. ``--no-peer`` runs Appraise alone (no ``.venv-peers`` needed) and reports its
+utility evaluations and model fits that did not converge.
 
     .venv/bin/python bench/tmc_vs_pydvl.py --ns 100 200 500 --perms 100 100 50
     .venv/bin/python bench/tmc_vs_pydvl.py --quick
+    .venv/bin/python bench/tmc_vs_pydvl.py --no-peer --ns 100 200 --perms 100 100 --ref-perms 300 300
 """
 
 from __future__ import annotations
@@ -70,11 +74,14 @@ def run_pydvl(xt, yt, xv, yv, perms: int, rtol: float, seed: int, n_jobs: int, c
         return z["values"].astype(np.float64), float(z["wall_s"])
 
 
-def appraise_tmc(u: ModelUtility, perms: int, truncation: float | None, patience: int, seed: int, batch: int):
+def appraise_tmc(u: ModelUtility, perms: int, truncation: float | None, patience: int, seed: int, batch: int,
+                 info: dict | None = None):
     t0 = time.perf_counter()
     r = tmc_shapley(u, seed=seed, stop=MaxPermutations(perms), truncation=truncation, patience=patience,
                     batch_size=min(batch, perms))
     wall = time.perf_counter() - t0
+    if info is not None:
+        info.update(evaluations=r.utility_evaluations, not_converged=r.not_converged, truncated=r.truncated)
     return r.values.double().cpu().numpy(), wall, int(r.counts.max())
 
 
@@ -98,6 +105,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="permutation seeds per n (mean ± sd reported)")
     ap.add_argument("--json", type=str, default=None, help="also write the rows here")
     ap.add_argument("--quick", action="store_true", help="n=50, 10 permutations, 200 reference (<1 min)")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="Appraise only: time, evaluations, Spearman to the reference")
     a = ap.parse_args()
     if a.quick:
         a.ns, a.perms, a.ref_perms = [50], [10], [200]
@@ -122,9 +131,16 @@ def main() -> None:
         for rep in range(a.repeats):
             seed = a.seed + rep  # permutation seed (same data); Appraise and pyDVL draw their own permutations
             u = ModelUtility(xt, yt, xv, yv, config=cfg)  # fresh utility: no cached fits from earlier runs
-            va, wa, pa = appraise_tmc(u, p, a.rtol, 0, seed, a.batch)
+            info: dict = {}
+            va, wa, pa = appraise_tmc(u, p, a.rtol, 0, seed, a.batch, info)
+            if a.no_peer:
+                print(json.dumps(dict(n=n, perms=p, seed=seed, appraise_s=round(wa, 3), **info,
+                                      rho_a_ref=rho(va, ref), ref=ref_name)), flush=True)
+                continue
             vp, wp = run_pydvl(xt, yt, xv, yv, p, a.rtol, seed, a.n_jobs, a.C)
             runs.append((wa, wp, rho(va, vp), rho(va, ref), rho(vp, ref), pa))
+        if a.no_peer:
+            continue
         r_ = np.array(runs)
         mean, sd = r_.mean(0), r_.std(0)
         row = dict(n=n, perms=p, repeats=a.repeats, appraise_perms=int(r_[:, 5].min()), appraise_s=mean[0],
@@ -134,6 +150,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
+    if a.no_peer:
+        return
     print(f"\nload: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min); "
           f"n_val={a.n_val}, d={a.d}, C={a.C}, rtol={a.rtol}, one core each (pyDVL n_jobs={a.n_jobs}, "
           f"Appraise threads={a.n_jobs}); times and Spearman = mean (± sd) over {a.repeats} permutation seed(s)\n")

@@ -1,8 +1,10 @@
 """The contract between utilities (what a coalition of seller points is worth) and estimators (Shapley & co).
 
 A utility scores many coalitions at once: the estimators hand it a batch of boolean masks over the players
-and get one number per mask. Utilities that can do better on prefixes of one permutation (warm starts along
-the prefix) override :meth:`Utility.prefix_values`; estimators that walk permutations (TMC, Beta) call it.
+and get one number per mask. Estimators that walk permutations (TMC, Beta) ask for prefixes instead: every
+permutation its own range of prefix lengths (:meth:`Utility.ragged_prefix_values`, so that TMC can stop each
+permutation at its own truncation point), or one range for all (:meth:`Utility.prefix_values`). Utilities that
+can do better on prefixes (warm starts along the prefix) override both.
 Both run on the utility's device; estimators never look inside a utility.
 """
 
@@ -37,6 +39,35 @@ class Utility(ABC):
         ranks.scatter_(1, permutations, torch.arange(n, device=permutations.device).expand(p, n))
         masks = ranks[:, None, :] < lengths[None, :, None]  # (P, L, n): player in prefix of length j
         return self.values(masks.reshape(-1, n)).reshape(p, stop - start)
+
+    def ragged_prefix_values(
+        self, permutations: torch.Tensor, starts: torch.Tensor, stops: torch.Tensor
+    ) -> torch.Tensor:
+        """Utilities of prefixes ``π_p[:j]`` for j in ``starts[p]..stops[p]-1``, each permutation its own range.
+
+        ``permutations``: (P, n) int64; ``starts``, ``stops``: (P,) int64 → (P, W) float64 with W the widest
+        range, row p holding its ``stops[p] - starts[p]`` values first and NaN after. The default builds the masks
+        of every requested prefix and calls :meth:`values` once.
+        """
+        p, n = permutations.shape
+        dev = permutations.device
+        starts, stops = starts.to(dev, torch.int64), stops.to(dev, torch.int64)
+        width = int((stops - starts).max()) if p else 0
+        out = torch.full((p, max(width, 0)), float("nan"), dtype=torch.float64, device=dev)
+        if width <= 0:
+            return out
+        ranks = torch.empty_like(permutations)
+        ranks.scatter_(1, permutations, torch.arange(n, device=dev).expand(p, n))
+        lengths = starts[:, None] + torch.arange(width, device=dev)[None, :]
+        row, col = (lengths < stops[:, None]).nonzero(as_tuple=True)
+        masks = ranks[row] < lengths[row, col][:, None]
+        out[row, col] = self.values(masks).to(dev, torch.float64)
+        return out
+
+    def counters(self) -> dict[str, int]:
+        """Running counts of what the utility did (e.g. models fitted, fits not converged); estimators record how
+        much each batch added to them (``ValuationResult.utility_counts``). None by default."""
+        return {}
 
     def empty_value(self) -> float:
         return float(self.values(torch.zeros((1, self.n_players), dtype=torch.bool, device=self.device))[0])

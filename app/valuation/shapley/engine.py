@@ -19,7 +19,8 @@ import json
 import numbers
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +127,15 @@ def start_result(
     return result
 
 
+@contextmanager
+def counting(utility: Utility, result: ValuationResult) -> Iterator[None]:
+    """Add to ``result.utility_counts`` what the utility's counters grew by inside the block."""
+    before = utility.counters()
+    yield
+    after = utility.counters()
+    result.add_counts({k: v - before.get(k, 0) for k, v in after.items()})
+
+
 def run_batches(
     result: ValuationResult,
     utility: Utility,
@@ -152,7 +162,8 @@ def run_batches(
     stop.start()
     t0, before = time.perf_counter(), result.elapsed_s
     if result.u_full is None or result.u_empty is None:
-        result.u_empty, result.u_full = float(utility.empty_value()), float(utility.full_value())
+        with counting(utility, result):
+            result.u_empty, result.u_full = float(utility.empty_value()), float(utility.full_value())
         result.utility_evaluations += 2
 
     todo = (b for b in (itertools.count() if batches is None else batches) if b not in result.batches)
@@ -164,7 +175,8 @@ def run_batches(
         if b is None:
             exhausted = True
             break
-        result.merge_(batch_fn(int(b)))
+        with counting(utility, result):
+            result.merge_(batch_fn(int(b)))
         result.elapsed_s = before + time.perf_counter() - t0
         stopped = stop.check(result)
         result.stopping_state = stop.state_dict()

@@ -23,7 +23,7 @@ import torch
 
 from app.valuation.errors import ValuationError
 from app.valuation.shapley.base import Utility
-from app.valuation.shapley.engine import Progress, ProgressCallback
+from app.valuation.shapley.engine import Progress, ProgressCallback, counting
 from app.valuation.shapley.results import RunningStats, ValuationResult
 from app.valuation.shapley.semivalues import banzhaf_subset_weights, beta_subset_weights, shapley_subset_weights
 
@@ -95,7 +95,9 @@ def _exact(
     n = int(utility.n_players)
     result = ValuationResult(max(n, 0), estimator=estimator, seed=None, params=params, device=utility.device)
     t0 = time.perf_counter()
-    table = utility_table(utility, batch_size=batch_size, max_players=max_players, progress=progress, result=result)
+    with counting(utility, result):
+        table = utility_table(utility, batch_size=batch_size, max_players=max_players, progress=progress,
+                              result=result)
     phi = semivalue_from_table(table, subset_weights)
     count = torch.full((n,), 1 << (n - 1), dtype=torch.int64, device=utility.device)
     result.stats = RunningStats.from_tensors(count, phi, torch.zeros_like(phi))

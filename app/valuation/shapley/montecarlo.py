@@ -3,12 +3,18 @@ r"""Monte Carlo estimators: TMC-Shapley, Beta Shapley (permutation semivalue), D
 **Permutation walk (TMC, Beta).** A batch holds P uniform random permutations π (seeded by (seed, batch)).
 With :math:`v_0 = U(\emptyset)`, :math:`v_j = U(\{\pi_1..\pi_j\})` and :math:`v_n = U(N)` (both cached), the
 marginal of :math:`\pi_j` is :math:`v_j - v_{j-1}`. Prefix lengths 1..n−1 are evaluated with
-:meth:`Utility.prefix_values` in blocks of ``prefix_block`` lengths for all still-active permutations at once.
+:meth:`Utility.ragged_prefix_values`, all still-active permutations in one call per step, each permutation over
+its own next lengths: ``prefix_block`` of them without truncation; with truncation at most patience + 1 − (its
+current run of close prefixes), the fewest after which it could truncate. So truncation is decided per prefix:
+a permutation is never evaluated past the prefix where it truncates.
 
 *Truncation* (Ghorbani & Zou, tolerance relative): after :math:`v_j` is known, count the consecutive prefixes
 with :math:`|U(N) - v_j| < \text{tol}\cdot|U(N)|`; once the count exceeds ``patience`` (5) at prefix j, the
 remaining points :math:`\pi_{j+1}..\pi_n` get marginal 0 and the permutation leaves the batch (its later
-prefixes are never evaluated). ``truncation=None`` disables it; then every permutation telescopes,
+prefixes are never evaluated). This is METHODS.md §3's rule (once
+:math:`|U(N) - v_{j-1}| < \text{tol}\cdot|U(N)|` for more than 5 consecutive prefixes, the rest get 0): with
+patience 5, truncation at prefix j means the six prefixes j−5..j are within tolerance, and π_{j+1} on get 0.
+``truncation=None`` disables it; then every permutation telescopes,
 :math:`\sum_j (v_j - v_{j-1}) = U(N) - U(\emptyset)`, so the estimate satisfies efficiency exactly.
 
 *Beta(α, β)*: the marginal at position j is multiplied by the importance weight
@@ -43,14 +49,25 @@ from app.valuation.shapley.engine import (
 )
 from app.valuation.shapley.results import RunningStats, ValuationResult
 from app.valuation.shapley.semivalues import beta_permutation_weights
-from app.valuation.shapley.stopping import MaxPermutations, MaxSamples, RelativeChange, StoppingCriterion
+from app.valuation.shapley.stopping import MaxSamples, StoppingCriterion, default_stopping
 
 _F64 = torch.float64
 
 
 def default_permutation_stop() -> StoppingCriterion:
-    """METHODS §3's rule with a safety budget: relative change < 0.05 over 100 permutations, or 2000 done."""
-    return RelativeChange(0.05, window=100) | MaxPermutations(2000)
+    """METHODS §3's rule with the budget as a cap, ``default_stopping("tmc", n)`` (the same for every n):
+    relative change < 0.05 over 100 permutations, or 1,000 permutations done."""
+    return default_stopping("tmc", 1)
+
+
+def _widths(prefix_block: int, patience: int, run: torch.Tensor, truncating: bool, left: torch.Tensor) -> torch.Tensor:
+    """How many prefix lengths each active permutation evaluates next: ``prefix_block``; with truncation no more
+    than the prefixes after which it could first truncate (patience + 1 − its current run of close prefixes),
+    so it is never evaluated past the prefix where it truncates, and can truncate only at its last new prefix."""
+    width = torch.full_like(left, max(1, int(prefix_block)))
+    if truncating:
+        width = torch.minimum(width, patience + 1 - run)
+    return torch.minimum(width.clamp_min(1), left)
 
 
 def permutation_marginals(
@@ -68,42 +85,45 @@ def permutation_marginals(
 
     ``permutations``: (P, n) int64 on the utility's device. Returns ``(phi, evaluations, truncated)`` with
     ``phi[p, i]`` the (weighted) marginal of player i in permutation p, the number of prefix utilities
-    evaluated, and the number of permutations truncated.
+    evaluated, and the number of permutations truncated. Each permutation walks its own prefixes (all active
+    ones in one :meth:`Utility.ragged_prefix_values` call per step) and stops at its own truncation point.
     """
     p, n = permutations.shape
     dev = permutations.device
     v = torch.empty((p, n + 1), dtype=_F64, device=dev)
     v[:, 0] = u_empty
     v[:, n] = u_full
-    active = torch.arange(p, device=dev)
-    run = torch.zeros(p, dtype=torch.int64, device=dev)  # consecutive "close to U(N)" prefixes so far
+    pos = torch.ones(p, dtype=torch.int64, device=dev)  # the next prefix length each permutation evaluates
+    run = torch.zeros(p, dtype=torch.int64, device=dev)  # its consecutive "close to U(N)" prefixes so far
     tol = None if truncation is None else float(truncation) * abs(u_full)
     evaluations = truncated = 0
-    step = max(1, int(prefix_block))
     cols = torch.arange(n + 1, device=dev)
-    for start in range(1, n, step):
-        if active.numel() == 0:
-            break
-        stop = min(start + step, n)
-        block = utility.prefix_values(permutations[active], start, stop).to(dev, _F64)  # (A, L)
-        evaluations += block.numel()
-        v[active, start:stop] = block
-        if tol is None:
-            continue
-        t = torch.arange(stop - start, device=dev)
-        close = (block - u_full).abs() < tol
-        last_far = torch.where(close, -1, t).cummax(dim=1).values  # last position not close, −1 if none
-        runs = torch.where(last_far >= 0, t - last_far, t + 1 + run[:, None])
-        trig = runs > patience
-        hit = trig.any(dim=1)
-        if bool(hit.any()):
-            rows = active[hit]
-            j = start + trig[hit].to(torch.int8).argmax(dim=1)  # prefix length at which truncation fires
-            vr = v[rows]
-            v[rows] = torch.where(cols[None, :] > j[:, None], vr.gather(1, j[:, None]), vr)
-            truncated += int(rows.numel())
-        keep = ~hit
-        active, run = active[keep], runs[keep, -1]
+    active = (pos < n).nonzero().squeeze(1)
+    while active.numel():
+        width = _widths(prefix_block, patience, run[active], tol is not None, n - pos[active])
+        start = pos[active]
+        block = utility.ragged_prefix_values(permutations[active], start, start + width).to(dev, _F64)  # (A, W)
+        evaluations += int(width.sum())
+        t = torch.arange(block.shape[1], device=dev)
+        inside = t[None, :] < width[:, None]
+        row, col = inside.nonzero(as_tuple=True)
+        v[active[row], start[row] + col] = block[row, col]
+        pos[active] = start + width
+        done = pos[active] >= n
+        if tol is not None:
+            close = (block - u_full).abs() < tol  # NaN past a row's width: not close, and never read below
+            last_far = torch.where(close, -1, t).cummax(dim=1).values  # last position not close, −1 if none
+            runs = torch.where(last_far >= 0, t - last_far, t + 1 + run[active][:, None])
+            run[active] = runs.gather(1, (width - 1)[:, None])[:, 0]
+            hit = run[active] > patience  # by the widths, only possible at a row's last new prefix
+            if bool(hit.any()):
+                rows = active[hit]
+                j = (pos[rows] - 1)[:, None]  # the prefix at which it truncates
+                vr = v[rows]
+                v[rows] = torch.where(cols[None, :] > j, vr.gather(1, j), vr)
+                truncated += int(rows.numel())
+            done |= hit
+        active = active[~done]
     marg = v.diff(dim=1)  # (P, n), position order; 0 after truncation
     if weights is not None:
         marg = marg * weights.to(dev, _F64)[None, :]
@@ -182,7 +202,8 @@ def tmc_shapley(
     - ``truncation``: relative tolerance (default 0.01), ``None`` for none; ``patience``: consecutive close
       prefixes needed (truncation fires when the count exceeds it; default 5).
     - ``stop``: a :mod:`~app.valuation.shapley.stopping` criterion; default
-      ``RelativeChange(0.05, 100) | MaxPermutations(2000)``, or none when ``batches`` is given.
+      :func:`~app.valuation.shapley.stopping.default_stopping` ``("tmc", n)`` — ``RelativeChange(0.05, 100) |
+      MaxPermutations(1000)`` — or none when ``batches`` is given. ``result.stop_reason`` says which fired.
     - ``batches``: explicit batch indices to run (a worker's shard); merge shards with
       :meth:`ValuationResult.merge`.
     - ``progress(result, Progress)`` after each batch; ``checkpoint(dict)`` every ``checkpoint_every`` batches
@@ -258,15 +279,18 @@ def banzhaf_msr(
     Draws coalitions S with each player in independently w.p. ½, ``batch_size`` per batch (one
     :meth:`Utility.values` call), and estimates :math:`\phi_i = \bar U_{S\ni i} - \bar U_{S\not\ni i}` with
     :math:`\mathrm{SE}_i^2 = \sigma^2_{\ni i}/c_{\ni i} + \sigma^2_{\not\ni i}/c_{\not\ni i}`.
-    Stops after ``n_samples`` coalitions (whole batches) or when ``stop`` says so, whichever first; give at
-    least one of them (or ``batches``). Other arguments (``record`` included) as in :func:`tmc_shapley`.
+    Stops after ``n_samples`` coalitions (whole batches) or when ``stop`` says so, whichever first. With
+    neither (and no ``batches``) the default rule :func:`~app.valuation.shapley.stopping.default_stopping`
+    ``("banzhaf", n)``: converged (relative change < 0.05 over 100·(n−1) coalitions) or 1,000·(n−1) coalitions
+    drawn — the utility evaluations of TMC's default budget. Other arguments (``record`` included) as in
+    :func:`tmc_shapley`.
     """
     if batch_size < 1:
         raise ValuationError("batch_size must be >= 1")
     if n_samples is not None:
         stop = MaxSamples(n_samples) if stop is None else MaxSamples(n_samples) | stop
     if stop is None and batches is None:
-        raise ValuationError("banzhaf_msr needs n_samples, a stopping criterion, or explicit batches")
+        stop = default_stopping("banzhaf", int(utility.n_players))
     params = {**(record or {}), "batch_size": int(batch_size)}
     result = start_result(utility, estimator="banzhaf_msr", seed=seed, params=params, paired=True,
                           resume_from=resume_from)

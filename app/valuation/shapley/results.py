@@ -185,7 +185,10 @@ class ValuationResult:
     Bookkeeping (all in the checkpoint): ``estimator`` and ``params`` (every choice that defines the numbers),
     ``seed``, ``batches`` (indices of the batches merged in; batch b's randomness comes from (seed, b) only),
     ``permutations_done`` / ``samples_done`` (permutation estimators count permutations, MSR counts coalitions),
-    ``utility_evaluations``, ``truncated`` (permutations cut short by TMC truncation), ``u_full`` = U(N),
+    ``utility_evaluations``, ``utility_counts`` (what the utility reported doing for this run's evaluations,
+    summed over batches: for a model utility ``models_fitted``, ``retried``, ``not_converged`` — fits whose
+    float64 gradient stayed above the tolerance even after the retry — and ``constant_predictor``),
+    ``truncated`` (permutations cut short by TMC truncation), ``u_full`` = U(N),
     ``u_empty`` = U(∅), ``stop_reason``, ``stopping_state`` (the stopping criteria's own state, so a resumed run
     stops exactly where an uninterrupted one would) and ``elapsed_s`` (wall time, summed over resumptions).
     """
@@ -210,6 +213,7 @@ class ValuationResult:
         self.permutations_done = 0
         self.samples_done = 0
         self.utility_evaluations = 0
+        self.utility_counts: dict[str, int] = {}
         self.truncated = 0
         self.u_full: float | None = None
         self.u_empty: float | None = None
@@ -266,6 +270,17 @@ class ValuationResult:
             return self.stats.variance()
         return self.standard_errors**2 * self.counts.to(_F64)
 
+    @property
+    def not_converged(self) -> int:
+        """Model fits behind these values that did not converge (0 for utilities that fit nothing)."""
+        return int(self.utility_counts.get("not_converged", 0))
+
+    def add_counts(self, counts: dict[str, int]) -> ValuationResult:
+        """Add a utility's counter deltas (see ``utility_counts``)."""
+        for k, v in counts.items():
+            self.utility_counts[k] = self.utility_counts.get(k, 0) + int(v)
+        return self
+
     def max_standard_error(self) -> float:
         return float(self.standard_errors.max()) if self.n_players else 0.0
 
@@ -320,6 +335,7 @@ class ValuationResult:
         self.permutations_done += other.permutations_done
         self.samples_done += other.samples_done
         self.utility_evaluations += other.utility_evaluations
+        self.add_counts(other.utility_counts)
         self.truncated += other.truncated
         self.elapsed_s += other.elapsed_s
         if self.seed is None:
@@ -357,6 +373,8 @@ class ValuationResult:
             "permutations_done": self.permutations_done,
             "samples_done": self.samples_done,
             "utility_evaluations": self.utility_evaluations,
+            "utility_counts": dict(self.utility_counts),
+            "not_converged": self.not_converged,
             "truncated": self.truncated,
             "u_full": self.u_full,
             "u_empty": self.u_empty,
@@ -384,6 +402,7 @@ class ValuationResult:
         out.permutations_done = int(d.get("permutations_done", 0))
         out.samples_done = int(d.get("samples_done", 0))
         out.utility_evaluations = int(d.get("utility_evaluations", 0))
+        out.utility_counts = {str(k): int(v) for k, v in (d.get("utility_counts") or {}).items()}
         out.truncated = int(d.get("truncated", 0))
         out.u_full = None if d.get("u_full") is None else float(d["u_full"])
         out.u_empty = None if d.get("u_empty") is None else float(d["u_empty"])

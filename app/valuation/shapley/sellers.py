@@ -88,6 +88,9 @@ class SellerUtility(Utility):
     def values(self, masks: torch.Tensor) -> torch.Tensor:
         return self.point_utility.values(self.point_masks(masks))
 
+    def counters(self) -> dict[str, int]:
+        return self.point_utility.counters()
+
 
 def seller_shapley(
     seller_utility: SellerUtility,

@@ -16,6 +16,14 @@ exactly where the uninterrupted run would have.
   less than one batch).
 - :class:`TimeBudget` — wall-clock budget over the whole job (summed across resumptions); the clock is
   injectable for tests.
+
+**The default rule** (:func:`default_stopping`, the one the library, CLI, worker and API all use): stop when
+the values have converged — mean relative change below 0.05 over the last 100 permutations (METHODS.md §3),
+or, if one is given, every standard error below a target — or when a budget is spent (1,000 permutations by
+default, and optionally wall time), whichever comes first; the result's ``stop_reason`` names the rule that
+fired. Data Banzhaf (MSR) draws coalitions, one utility evaluation each, where one TMC permutation costs up
+to n − 1 (:func:`evaluations_per_permutation`): its window and budget are the same number of utility
+evaluations, 100·(n−1) and 1,000·(n−1) coalitions, so MSR and TMC get the same compute by default.
 """
 
 from __future__ import annotations
@@ -28,8 +36,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from app.valuation.errors import ValuationError
+
 if TYPE_CHECKING:
     from app.valuation.shapley.results import ValuationResult
+
+
+#: the default permutation budget (a cap: the default rule stops on convergence first)
+DEFAULT_MAX_PERMUTATIONS = 1000
+#: METHODS.md §3's convergence rule: mean relative change below this over the last DEFAULT_WINDOW permutations
+DEFAULT_RELATIVE_CHANGE = 0.05
+DEFAULT_WINDOW = 100
+#: estimators that draw permutations / coalitions (library and CLI names)
+PERMUTATION_ESTIMATORS = frozenset({"tmc", "tmc_shapley", "beta", "beta_shapley", "seller", "seller_shapley"})
+SUBSET_ESTIMATORS = frozenset({"banzhaf", "msr", "banzhaf_msr"})
 
 
 class StoppingCriterion(ABC):
@@ -333,3 +353,51 @@ class TimeBudget(StoppingCriterion):
         if self._matches(state):
             self._before = float(state.get("elapsed", 0.0))
             self._t0 = None
+
+
+def evaluations_per_permutation(n_players: int) -> int:
+    """Utility evaluations of one untruncated permutation walk: its prefixes 1..n−1 (U(∅) and U(N) are
+    computed once per run). The exchange rate between TMC permutations and MSR coalitions."""
+    return max(int(n_players) - 1, 1)
+
+
+def default_stopping(
+    estimator: str,
+    n_players: int,
+    *,
+    max_permutations: int | None = None,
+    max_samples: int | None = None,
+    time_budget: float | None = None,
+    stderr_target: float | None = None,
+    relative_change: float | None = DEFAULT_RELATIVE_CHANGE,
+    window: int = DEFAULT_WINDOW,
+) -> StoppingCriterion:
+    """The default stopping rule of a Monte Carlo estimator (see the module docstring).
+
+    Converged — ``RelativeChange(relative_change, window)`` (None: off) or ``MaxStandardError(stderr_target)``
+    (None: off) — or a budget spent: ``max_permutations`` (default 1,000) and ``time_budget`` seconds. For MSR
+    (``estimator`` ``"banzhaf"``/``"msr"``/``"banzhaf_msr"``) windows and budgets are in permutation equivalents,
+    ×(n−1) coalitions; ``max_samples`` gives its coalition budget directly. Permutation estimators: ``"tmc"``,
+    ``"beta"``, ``"seller"`` (or their function names).
+    """
+    if estimator in SUBSET_ESTIMATORS:
+        per = evaluations_per_permutation(n_players)
+        budget: StoppingCriterion = MaxSamples(
+            max_samples if max_samples is not None
+            else (DEFAULT_MAX_PERMUTATIONS if max_permutations is None else max_permutations) * per)
+    elif estimator in PERMUTATION_ESTIMATORS:
+        if max_samples is not None:
+            raise ValuationError("max_samples is a coalition budget for Data Banzhaf (MSR); use max_permutations")
+        per = 1
+        budget = MaxPermutations(DEFAULT_MAX_PERMUTATIONS if max_permutations is None else max_permutations)
+    else:
+        raise ValuationError(f"no Monte Carlo stopping rule for estimator {estimator!r}")
+    parts: list[StoppingCriterion] = []
+    if relative_change is not None:
+        parts.append(RelativeChange(relative_change, window=window * per))
+    if stderr_target is not None:
+        parts.append(MaxStandardError(stderr_target))
+    parts.append(budget)
+    if time_budget is not None:
+        parts.append(TimeBudget(time_budget))
+    return parts[0] if len(parts) == 1 else Or(*parts)

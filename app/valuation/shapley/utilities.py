@@ -6,27 +6,32 @@ training set. Many coalitions are scored at once: their models are fitted togeth
 
 **Constant predictor** (what a coalition that cannot train a model scores). Classification: every validation
 point gets one class; regression: every validation point gets the validation mean. Which coalitions get it,
-with ``R`` = the training rows of the coalition (base set ∪ T):
+with ``R`` = the training rows of the coalition (base set ∪ T), is ``ModelConfig.missing_classes``:
 
-- ``R`` empty (U(∅) with an empty base set): the validation set's majority class (ties → the smallest class
-  index) — the majority-class rate for accuracy, as METHODS.md §3 says, and that prediction's score for the
-  other metrics; regression: the validation mean (R² = 0, −MSE = −variance).
-- ``missing_classes="fit_present"`` (default): ``R`` holds exactly one class → that class is predicted (what
-  any classifier trained on one class would predict). ``R`` holds two or more classes → the model is trained
-  on them; a multinomial model is a softmax over the classes present in ``R`` and never predicts the others.
-  In a binary task both classes are then present, so the model is the usual binary logistic regression.
-- ``missing_classes="constant"`` (METHODS.md §3 read literally): ``R`` lacks any class that occurs in the
-  validation set (or holds fewer than two classes) → the validation majority class, as for U(∅).
+- ``"majority"`` (default; Data Shapley's rule and METHODS.md §3): ``R`` empty, or all of its points carry one
+  class → the validation set's majority class (ties → the smallest class index): the majority-class rate for
+  accuracy, that prediction's score for the other metrics. ``R`` with two or more classes → the model is
+  trained on them (see below).
+- ``"fit_present"`` (the rule before issue 13): ``R`` empty → the validation majority; ``R`` of one class →
+  that class (what a classifier trained on one class would predict); two or more → trained.
+- ``"constant"`` (METHODS.md §3's first paragraph read literally): ``R`` lacks any class that occurs in the
+  validation set (or holds fewer than two classes) → the validation majority.
+
+A model trained on ``R`` is scikit-learn's ``LogisticRegression(C)`` on those rows: binary when ``R`` holds two
+classes (also in a task with three or more), a softmax over the classes present otherwise; it never predicts
+a class ``R`` lacks. Regression: ``R`` empty → the validation mean (R² = 0, −MSE = −variance).
 
 With a non-empty base set, U(∅) is the score of the model trained on the base set alone (by the same rules).
 
-**Warm starts.** :meth:`ModelUtility.prefix_values` (logistic model) walks the prefixes of P permutations in
-order of length, G = max(1, batch_size // P) lengths at a time, starting every model of a group from the
-coefficients of the same permutation's last prefix in the previous group; a call that
-continues the previous call (same permutations, ``start`` = previous ``stop``) continues from its models. Every
-model is still solved to the same tolerance, so the values equal those of :meth:`ModelUtility.values` up to
-that tolerance. The MLP is never warm-started (a non-convex fit for a fixed number of epochs would change),
-and ridge and KNN have nothing to warm-start.
+**Warm starts.** :meth:`ModelUtility.ragged_prefix_values` (logistic model) walks the prefixes of P permutations,
+each over its own range of lengths (TMC stops each permutation at its own truncation point), G offsets at a time
+(as many as keep a group within ``batch_size`` models; G = batch_size // P when all ranges are equal), starting
+every model of a group from its permutation's last model in the previous group. A call that continues the previous
+one (the same permutation, starting where it stopped; others may have dropped out) continues from its models.
+:meth:`ModelUtility.prefix_values` is the case of one range for all. Every model is still solved to the same
+tolerance, so the values equal those of :meth:`ModelUtility.values` up to that tolerance. The MLP is never
+warm-started (a non-convex fit for a fixed number of epochs would change), and ridge and KNN have nothing to
+warm-start.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from app.valuation.shapley.metrics import (
 
 ModelName = Literal["logistic", "ridge", "mlp", "knn"]
 MODELS = ("logistic", "ridge", "mlp", "knn")
+MISSING_CLASS_RULES = ("majority", "fit_present", "constant")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: prefix models train on gathered rows (base + longest prefix) while those are at most this share of all rows
 PREFIX_ROWS_FRACTION = 0.5
@@ -70,7 +76,7 @@ class ModelConfig:
     task: str | None = None
     C: float = 1.0  # logistic: inverse regularisation strength (scikit-learn's C)
     alpha: float = 1.0  # ridge penalty (scikit-learn's alpha)
-    tol: float = 1e-7  # logistic: Newton step max-norm at convergence
+    tol: float = 1e-7  # logistic: converged when the float64 gradient's max-norm ≤ tol·max(1, C·Σw)
     max_iter: int = 100  # logistic: Newton iterations
     solver: str = "auto"  # logistic: auto | newton | newton-cg
     newton_max_dim: int = 400  # logistic auto: explicit Hessian while (d+1)·k ≤ this
@@ -82,7 +88,8 @@ class ModelConfig:
     k: int = 5  # knn neighbours
     batch_size: int = 256  # models fitted at once (memory bound)
     seed: int = 0  # mlp initialisation
-    missing_classes: str = "fit_present"  # fit_present | constant (see the module docstring)
+    #: one-class and empty coalitions: majority | fit_present | constant (see the module docstring)
+    missing_classes: str = "majority"
     warm_start: bool = True  # logistic prefix_values
     dtype: str = "float64"  # features' dtype; float32 speeds up the MLP (logistic and ridge solve in float64)
     #: torch intra-op CPU threads while this utility computes (None: leave torch's setting). Thousands of small
@@ -118,8 +125,8 @@ class ModelConfig:
             raise ValuationError("logistic regression is a classifier; use ridge, mlp or knn for regression")
         if self.model == "ridge" and task != "regression":
             raise ValuationError("ridge is for regression tasks; use logistic, mlp or knn to classify")
-        if self.missing_classes not in ("fit_present", "constant"):
-            raise ValuationError("missing_classes must be fit_present or constant")
+        if self.missing_classes not in MISSING_CLASS_RULES:
+            raise ValuationError(f"missing_classes must be one of {', '.join(MISSING_CLASS_RULES)}")
         if self.dtype not in _DTYPES or self.hessian_dtype not in _DTYPES:
             raise ValuationError("dtype and hessian_dtype must be float64 or float32")
         if self.batch_size < 1 or self.k < 1 or self.C <= 0 or self.alpha < 0 or self.max_iter < 1:
@@ -249,8 +256,9 @@ class ModelUtility(Utility):
             self.val_mean = float(self.y_val.mean())
         self._order = neighbour_order(self.x_fit.double(), self.x_val.double()) if cfg.model == "knn" else None
         self._cache: tuple[torch.Tensor, int, M.LogisticFit] | None = None
-        #: counters for the result record: models fitted, of which not converged, and constant predictions
-        self.stats = {"models_fitted": 0, "not_converged": 0, "constant_predictor": 0}
+        #: counters for the result record: models fitted, of which retried and still not converged (logistic),
+        #: and coalitions scored as the constant predictor
+        self.stats = {"models_fitted": 0, "retried": 0, "not_converged": 0, "constant_predictor": 0}
         #: anything else to record with the result (e.g. how graph features were made)
         self.extra: dict[str, Any] = {}
 
@@ -294,13 +302,13 @@ class ModelUtility(Utility):
         counts = w @ self._onehot  # (b, C)
         present = counts > 0
         n_present = present.sum(1)
-        if self.config.missing_classes == "constant":
-            const = (n_present < 2) | (self._val_present & ~present).any(1)
-            cls = torch.full_like(n_present, self.majority)
-        else:
-            const = n_present < 2
-            cls = torch.where(n_present == 0, self.majority, counts.argmax(1))
-        return const, cls
+        rule = self.config.missing_classes
+        majority = torch.full_like(n_present, self.majority)
+        if rule == "constant":
+            return (n_present < 2) | (self._val_present & ~present).any(1), majority
+        if rule == "fit_present":
+            return n_present < 2, torch.where(n_present == 0, majority, counts.argmax(1))
+        return n_present < 2, majority
 
     def _evaluate(
         self,
@@ -345,6 +353,7 @@ class ModelUtility(Utility):
                 )
                 pred[fit_idx] = fit.predict(self.x_val)
                 self.stats["not_converged"] += int((~fit.converged).sum())
+                self.stats["retried"] += int(fit.retried.sum())
                 if keep:
                     state = _scatter(fit, fit_idx, b)
             elif cfg.model == "ridge":
@@ -371,13 +380,11 @@ class ModelUtility(Utility):
                 ).to(pred.dtype)
             self.stats["models_fitted"] += int(fit_idx.numel())
         if keep and state is None and cfg.model == "logistic":  # nothing fitted: every model starts cold
-            k = 1 if self.n_classes == 2 else self.n_classes
-            zeros = torch.zeros((b, self.x_fit.shape[1] + 1, k), dtype=self.dtype, device=self.device)
-            no = torch.zeros(b, dtype=torch.bool, device=self.device)
-            state = M.LogisticFit(
-                coef=zeros, class_mask=no[:, None].expand(b, self.n_classes), fitted=no, n_iter=no.long(), converged=no
-            )
+            state = _cold(b, self.x_fit.shape[1], self.n_classes, self.dtype, self.device)
         return self._metric(pred, self.y_val, self.n_classes), state
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -389,73 +396,110 @@ class ModelUtility(Utility):
                 out[sl] = self._evaluate(masks[sl])[0]
         return out
 
-    def _continue_from(self, perms: torch.Tensor, start: int) -> M.LogisticFit | None:
-        """The previous call's last prefix models for the permutations that continue it (the estimator may
-        drop truncated permutations between calls); None if no row continues."""
+    def _continue_from(self, perms: torch.Tensor, starts: torch.Tensor) -> M.LogisticFit | None:
+        """The previous call's last prefix model of every permutation that continues it (the same permutation,
+        starting where that call stopped; the estimator may drop or reorder permutations between calls); rows
+        that do not continue start cold. None if no row continues."""
         if self._cache is None:
             return None
-        c_perms, c_stop, c_state = self._cache
-        if c_stop != start or c_perms.shape[1] != perms.shape[1]:
+        c_perms, c_stops, c_state = self._cache
+        if c_perms.shape[1] != perms.shape[1] or c_perms.shape[0] == 0:
             return None
         if c_perms.shape == perms.shape and torch.equal(c_perms, perms):
-            return c_state
-        old_keys, new_keys = _row_keys(c_perms), _row_keys(perms)
-        sorted_keys, order = old_keys.sort()
-        pos = torch.searchsorted(sorted_keys, new_keys).clamp_max(max(len(sorted_keys) - 1, 0))
-        cand = order[pos]
-        found = (sorted_keys[pos] == new_keys) & (c_perms[cand] == perms).all(1)
+            cand = torch.arange(perms.shape[0], device=perms.device)
+            found = torch.ones(perms.shape[0], dtype=torch.bool, device=perms.device)
+        else:
+            sorted_keys, order = _row_keys(c_perms).sort()
+            new_keys = _row_keys(perms)
+            pos = torch.searchsorted(sorted_keys, new_keys).clamp_max(len(sorted_keys) - 1)
+            cand = order[pos]
+            found = (sorted_keys[pos] == new_keys) & (c_perms[cand] == perms).all(1)
+        found &= c_stops[cand] == starts
         if not bool(found.any()):
             return None
         state = _take(c_state, cand)
-        state.fitted = state.fitted & found  # rows that do not continue start cold
+        state.fitted = state.fitted & found
         state.coef = state.coef * found[:, None, None]
         return state
 
     def prefix_values(self, permutations: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         if self.config.model != "logistic" or not self.config.warm_start:
             return super().prefix_values(permutations.to(self.device), start, stop)
+        p, n = permutations.shape
+        if not 0 <= start <= stop <= n + 1:
+            raise ValuationError(f"prefix lengths must satisfy 0 ≤ start ≤ stop ≤ {n + 1}, got {start}..{stop}")
+        starts = torch.full((p,), start, dtype=torch.int64, device=self.device)
         with torch_threads(self.config.threads):
-            return self._warm_prefixes(permutations, start, stop)
+            return self._warm_prefixes(permutations, starts, starts + (stop - start))
 
-    def _warm_prefixes(self, permutations: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def ragged_prefix_values(
+        self, permutations: torch.Tensor, starts: torch.Tensor, stops: torch.Tensor
+    ) -> torch.Tensor:
+        if self.config.model != "logistic" or not self.config.warm_start:
+            return super().ragged_prefix_values(permutations.to(self.device), starts, stops)
+        with torch_threads(self.config.threads):
+            return self._warm_prefixes(permutations, starts.to(self.device), stops.to(self.device))
+
+    def _warm_prefixes(self, permutations: torch.Tensor, starts: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+        """Prefix utilities (P, W), W the widest range, NaN past a row's own range (see the module docstring):
+        G offsets at a time (:func:`_group_width`), every model warm-started from its permutation's last model
+        in the previous group (or of the previous call)."""
         perms = permutations.to(device=self.device, dtype=torch.int64)
         p, n = perms.shape
         if n != self.n_players:
             raise ValuationError(f"permutations must be (P, {self.n_players}), got {tuple(perms.shape)}")
-        if not 0 <= start <= stop <= n + 1:
-            raise ValuationError(f"prefix lengths must satisfy 0 ≤ start ≤ stop ≤ {n + 1}, got {start}..{stop}")
-        out = torch.empty((p, stop - start), dtype=torch.float64, device=self.device)
-        if p == 0 or stop == start:
+        starts, stops = starts.to(torch.int64), stops.to(torch.int64)
+        if p and (bool((starts < 0).any()) or bool((stops < starts).any()) or int(stops.max()) > n + 1):
+            raise ValuationError(f"prefix lengths must satisfy 0 ≤ start ≤ stop ≤ {n + 1}")
+        width = int((stops - starts).max()) if p else 0
+        out = torch.full((p, width), float("nan"), dtype=torch.float64, device=self.device)
+        if width == 0:
             return out
         ranks = torch.empty_like(perms)
         ranks.scatter_(1, perms, torch.arange(n, device=self.device).expand(p, n))
-        state = self._continue_from(perms, start)
-        group = max(1, self.config.batch_size // p)
-        for g0 in range(start, stop, group):
-            lengths = torch.arange(g0, min(g0 + group, stop), device=self.device)
-            gl = lengths.numel()
-            masks = (ranks[:, None, :] < lengths[None, :, None]).reshape(p * gl, n)  # row = perm·gl + j
-            init = _repeat(state, gl) if state is not None else None
-            vals, fit = self._evaluate(masks, init, keep=True, rows=self._prefix_rows(perms, lengths))
-            out[:, g0 - start : g0 - start + gl] = vals.reshape(p, gl)
-            state = _take(fit, torch.arange(p, device=self.device) * gl + (gl - 1))
-        self._cache = (perms.clone(), stop, state)
+        state = self._continue_from(perms, starts)
+        state = _cold(p, self.x_fit.shape[1], self.n_classes, self.dtype, self.device) if state is None else state
+        g0 = 0
+        while g0 < width:
+            group = _group_width(stops - starts - g0, self.config.batch_size)
+            offsets = torch.arange(g0, min(g0 + group, width), device=self.device)
+            g0 += group
+            lengths = starts[:, None] + offsets[None, :]  # (p, gl)
+            row, col = (lengths < stops[:, None]).nonzero(as_tuple=True)  # model order: by permutation, then length
+            length = lengths[row, col]
+            masks = ranks[row] < length[:, None]
+            vals, fit = self._evaluate(masks, _take(state, row), keep=True, rows=self._prefix_rows(perms, row, length))
+            out[row, offsets[0] + col] = vals
+            counts = torch.bincount(row, minlength=p)
+            moved = counts > 0  # each permutation's new state: its longest prefix in this group
+            state = _replace(state, moved.nonzero().squeeze(1), fit, (counts.cumsum(0) - 1)[moved])
+        self._cache = (perms.clone(), stops.clone(), state)
         return out
 
-    def _prefix_rows(self, perms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Training rows of the prefix models (row = perm·gl + j: the first ``lengths[j]`` players of perm):
+    def _prefix_rows(
+        self, perms: torch.Tensor, row: torch.Tensor, length: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Training rows of the prefix models (model m: the first ``length[m]`` players of ``perms[row[m]]``):
         the base rows and the longest prefix's players, weighted 1 inside each model's prefix. None when that
         would not be well under all the rows (then the shared design is cheaper)."""
-        p, gl, longest = perms.shape[0], lengths.numel(), int(lengths[-1])
+        longest = int(length.max())
         r = self.n_base + longest
         if r > PREFIX_ROWS_FRACTION * (self.n_base + self.n_players):
             return None
-        dev = self.device
-        base = torch.arange(self.n_base, device=dev).expand(p, self.n_base)
-        idx = torch.cat([base, perms[:, :longest] + self.n_base], dim=1).repeat_interleave(gl, dim=0)  # (p·gl, r)
-        inside = torch.arange(longest, device=dev)[None, :] < lengths[:, None]  # (gl, longest)
-        w = torch.cat([torch.ones((gl, self.n_base), dtype=self.dtype, device=dev), inside.to(self.dtype)], dim=1)
-        return idx, w.repeat(p, 1)
+        dev, m = self.device, row.numel()
+        base = torch.arange(self.n_base, device=dev).expand(m, self.n_base)
+        idx = torch.cat([base, perms[row, :longest] + self.n_base], dim=1)  # (m, r)
+        inside = torch.arange(longest, device=dev)[None, :] < length[:, None]  # (m, longest)
+        w = torch.cat([torch.ones((m, self.n_base), dtype=self.dtype, device=dev), inside.to(self.dtype)], dim=1)
+        return idx, w
+
+
+def _group_width(left: torch.Tensor, budget: int) -> int:
+    """The most offsets G ≥ 1 such that one group, min(left_p, G) models per permutation, holds at most
+    ``budget`` models (``left``: (P,) lengths each permutation still has). G = budget // P when all are equal."""
+    wmax = int(left.max())
+    at_least = (left[None, :] >= torch.arange(1, wmax + 1, device=left.device)[:, None]).sum(1)  # #{left ≥ g}
+    return max(1, int((at_least.cumsum(0) <= budget).sum()))
 
 
 def _row_keys(perms: torch.Tensor) -> torch.Tensor:
@@ -472,12 +516,30 @@ def _take(fit: M.LogisticFit, idx: torch.Tensor) -> M.LogisticFit:
         fitted=fit.fitted[idx],
         n_iter=fit.n_iter[idx],
         converged=fit.converged[idx],
+        retried=None if fit.retried is None else fit.retried[idx],
     )
 
 
-def _repeat(fit: M.LogisticFit, times: int) -> M.LogisticFit:
-    idx = torch.arange(fit.coef.shape[0], device=fit.coef.device).repeat_interleave(times)
-    return _take(fit, idx)
+def _cold(b: int, d: int, n_classes: int, dtype: torch.dtype, device: torch.device) -> M.LogisticFit:
+    """b unfitted models (zero coefficients): what a model without a warm start starts from."""
+    k = 1 if n_classes == 2 else n_classes
+    no = torch.zeros(b, dtype=torch.bool, device=device)
+    return M.LogisticFit(coef=torch.zeros((b, d + 1, k), dtype=dtype, device=device),
+                         class_mask=no[:, None].expand(b, n_classes), fitted=no, n_iter=no.long(), converged=no,
+                         retried=no)
+
+
+def _replace(state: M.LogisticFit, rows: torch.Tensor, fit: M.LogisticFit, idx: torch.Tensor) -> M.LogisticFit:
+    """``state`` with rows ``rows`` replaced by ``fit``'s models ``idx``."""
+
+    def put(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a = a.clone()
+        a[rows] = b[idx]
+        return a
+
+    return M.LogisticFit(coef=put(state.coef, fit.coef), class_mask=put(state.class_mask, fit.class_mask),
+                         fitted=put(state.fitted, fit.fitted), n_iter=put(state.n_iter, fit.n_iter),
+                         converged=put(state.converged, fit.converged), retried=put(state.retried, fit.retried))
 
 
 def _scatter(fit: M.LogisticFit, idx: torch.Tensor, b: int) -> M.LogisticFit:
@@ -494,4 +556,5 @@ def _scatter(fit: M.LogisticFit, idx: torch.Tensor, b: int) -> M.LogisticFit:
         fitted=spread(fit.fitted),
         n_iter=spread(fit.n_iter),
         converged=spread(fit.converged),
+        retried=None if fit.retried is None else spread(fit.retried),
     )

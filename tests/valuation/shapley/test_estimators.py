@@ -28,6 +28,8 @@ from app.valuation.shapley.stopping import (
     Or,
     RelativeChange,
     TimeBudget,
+    default_stopping,
+    evaluations_per_permutation,
 )
 
 from .games import (
@@ -157,6 +159,46 @@ def test_truncation_saves_evaluations_and_is_reported():
     assert r.stop_reason.startswith("MaxPermutations(64)")
     # the truncated marginals here are the true ones: efficiency still holds
     assert float(r.values.sum()) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("prefix_block", [1, 3, 32])
+def test_no_prefix_is_evaluated_past_the_truncation_point(prefix_block):
+    """Issue 13: truncation is decided per prefix, so the identity order is evaluated at prefixes 1..8 (it
+    truncates at 8) and the reversed order at 1..9: 17 evaluations whatever the block (it was up to 18)."""
+    w = [1.0, 1.0, 1.0] + [0.001] * 7
+    g = additive(w)
+    perms = torch.stack([torch.arange(10), torch.arange(10).flip(0)])
+    _, evals, truncated = permutation_marginals(g, perms, 0.0, sum(w), truncation=0.01, patience=5,
+                                                prefix_block=prefix_block)
+    assert (evals, truncated, g.evaluations) == (17, 1, 17)
+
+
+def capped(weights: list[float], cap: float) -> Game:
+    """U(T) = min(Σ_{i∈T} w_i, cap): it reaches U(N) exactly, so truncated marginals are truly 0."""
+    w = torch.tensor(weights, dtype=F64)
+    return Game(len(weights), lambda m: torch.clamp(m @ w.to(m.device), max=cap))
+
+
+def test_truncation_saves_utility_evaluations_at_n20():
+    """Issue 13: with truncation checked once per 32-prefix block TMC saved nothing for n ≤ 33; per prefix, at
+    n = 20 it evaluates far fewer utilities (counted by the game itself), and the values do not move."""
+    weights = torch.rand(20, generator=torch.Generator().manual_seed(0), dtype=F64).tolist()
+    with_t, without = capped(weights, 2.5), capped(weights, 2.5)
+    a = tmc_shapley(with_t, seed=3, batch_size=32, stop=MaxPermutations(128))
+    b = tmc_shapley(without, seed=3, batch_size=32, stop=MaxPermutations(128), truncation=None)
+    assert without.evaluations == b.utility_evaluations == 2 + 128 * 19
+    assert with_t.evaluations == a.utility_evaluations < 0.6 * without.evaluations
+    assert a.truncated == 128
+    torch.testing.assert_close(a.values, b.values, rtol=0, atol=1e-12)  # truncated marginals were exact zeros
+
+
+def test_truncated_tmc_within_3_se_of_exact_shapley():
+    weights = [0.9, 0.1, 0.5, 1.3, 0.05, 0.7, 0.3, 1.1, 0.2, 0.6, 0.8, 0.4, 1.0, 0.15]
+    g = capped(weights, 1.5)
+    exact = exact_shapley(g).values
+    r = tmc_shapley(g, seed=11, batch_size=250, stop=MaxPermutations(2000))
+    assert r.truncated > 1000 and r.utility_evaluations < 0.8 * (2 + 2000 * 13)
+    within_3se(r, exact)
 
 
 def test_tmc_efficiency_and_null_player_without_truncation():
@@ -338,6 +380,30 @@ def test_relative_change_stops_once_values_settle():
     assert "RelativeChange" in r.stop_reason and "MaxPermutations" not in r.stop_reason
 
 
+def test_default_stopping_rule():
+    """One rule for the library, CLI, worker and API: convergence or a cap; MSR in TMC's utility evaluations."""
+    tmc = default_stopping("tmc", 21)
+    assert tmc.name == "(RelativeChange(0.05, window=100) | MaxPermutations(1000))"
+    msr = default_stopping("banzhaf", 21)
+    assert msr.name == "(RelativeChange(0.05, window=2000) | MaxSamples(20000))"  # 20 evaluations a permutation
+    assert evaluations_per_permutation(21) == 20 and evaluations_per_permutation(1) == 1
+    full = default_stopping("beta_shapley", 21, max_permutations=50, time_budget=9.0, stderr_target=0.01)
+    assert full.name == ("(RelativeChange(0.05, window=100) | MaxStandardError(0.01) | MaxPermutations(50) | "
+                         "TimeBudget(9s))")
+    assert default_stopping("msr", 21, max_samples=77, relative_change=None).name == "MaxSamples(77)"
+    with pytest.raises(ValuationError):
+        default_stopping("tmc", 21, max_samples=77)
+
+
+def test_msr_default_budget_is_tmcs_evaluations():
+    """Without truncation and with the rule's caps only, TMC and MSR spend the same utility evaluations."""
+    g = table_game(9, seed=3)
+    t = tmc_shapley(g, seed=0, batch_size=20, truncation=None, stop=default_stopping("tmc", 9, relative_change=None))
+    m = banzhaf_msr(g, seed=0, batch_size=160, stop=default_stopping("msr", 9, relative_change=None))
+    assert t.stop_reason.startswith("MaxPermutations(1000)") and m.stop_reason.startswith("MaxSamples(8000)")
+    assert t.utility_evaluations == m.utility_evaluations == 2 + 1000 * 8
+
+
 def test_composition_or_and():
     g = additive([1.0, 2.0])
     assert tmc_shapley(g, seed=0, batch_size=10, stop=MaxPermutations(50) | MaxPermutations(30)).permutations_done == 30
@@ -368,9 +434,16 @@ def test_progress_and_checkpoint_callbacks():
     json.dumps(saved[-1], allow_nan=False)
 
 
-def test_needs_a_stopping_rule():
+def test_msr_has_a_default_rule():
+    """Issue 13: MSR no longer needs a budget (it used to raise); its default is the shared default rule, in
+    coalitions: the window of 100 permutations is 100·(n−1) coalitions, the cap 1,000·(n−1)."""
+    g = sqrt_game(W8)
+    r = banzhaf_msr(g, seed=0, batch_size=64)
+    assert r.stop_reason.startswith("RelativeChange(0.05, window=700)")
+    assert r.samples_done < 1000 * 7
+    within_3se(r, exact_banzhaf(g).values)
     with pytest.raises(ValuationError):
-        banzhaf_msr(additive([1.0, 2.0]))
+        banzhaf_msr(additive([1.0, 2.0]), stop=default_stopping("exact", 2))
 
 
 # --- devices -----------------------------------------------------------------------------------------------

@@ -8,7 +8,13 @@ import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from app.valuation.errors import ValuationError
+from app.valuation.shapley import logistic, models
+from app.valuation.shapley.estimators import tmc_shapley
 from app.valuation.shapley.models import fit_logistic, fit_mlp, fit_ridge
+from app.valuation.shapley.stopping import MaxPermutations
+from app.valuation.shapley.utilities import ModelUtility
+
+from .logistic_reference import gradient_max, objective, optimum
 
 
 def classification_data(seed: int, n: int, d: int, n_classes: int):
@@ -76,18 +82,139 @@ def test_gathered_rows_fit_the_same_models(n_classes, solver):
 
 
 def test_multinomial_over_the_classes_present():
-    """A 3-class task whose rows hold only classes 0 and 2: a softmax over those two (class 1 never predicted).
-
-    A two-class softmax with the penalty on both columns equals a binary logistic regression with C doubled
-    (w₀ = −w₂ = β/2), which gives an independent reference."""
+    """A 3-class task whose rows hold only classes 0 and 2: the model scikit-learn fits on those rows with the
+    same C (a binary logistic regression of 2 against 0; class 1 never predicted). Issue 13: the former 2-way
+    softmax penalised both columns, i.e. C doubled."""
     x, y, _ = classification_data(5, 80, 3, 3)
     rows = y != 1
     fit = fit_logistic(torch.tensor(x), torch.tensor(y), torch.tensor(rows[None]), n_classes=3, tol=1e-10)
     proba = fit.predict_proba(torch.tensor(x))[0].numpy()
     assert fit.class_mask[0].tolist() == [True, False, True]
     assert np.all(proba[:, 1] == 0)
-    ref = sklearn_proba(x, (y == 2).astype(int), rows, 2, c=2.0)
-    np.testing.assert_allclose(proba[:, [0, 2]], ref, atol=1e-5)
+    ref = sklearn_proba(x, y, rows, 3, c=1.0)  # sklearn on rows with classes {0, 2}
+    np.testing.assert_allclose(proba, ref, atol=1e-6)
+    doubled = sklearn_proba(x, (y == 2).astype(int), rows, 2, c=2.0)
+    assert np.abs(proba[:, [0, 2]] - doubled).max() > 1e-2  # the old model is measurably different
+
+
+# ---------------------------------------------------------------------------------- convergence (issue 13)
+
+
+def multiclass_task(seed: int, n: int, d: int, k: int, m: int = 100):
+    """Unscaled, shifted features and k classes; the first prefixes of a permutation then often hold only two
+    of them."""
+    rng = np.random.default_rng(seed)
+    beta = rng.normal(size=(d, k)) * rng.uniform(0.5, 3)
+
+    def draw(q):
+        x = rng.normal(size=(q, d)) * rng.uniform(0.5, 3, size=d) + rng.normal(size=d)
+        return x, np.argmax(x @ beta + rng.gumbel(size=(q, k)), axis=1)
+
+    return (*draw(n), *draw(m))
+
+
+def recorded_fits(monkeypatch, run) -> list[tuple]:
+    """Every batched logistic fit ``run()`` makes, one entry per fitted model: (x, y, w of its rows, classes
+    present, C, k, coefficients, converged)."""
+    calls = []
+    real = models.fit_logistic
+
+    def spy(x, y, weights, **kw):
+        fit = real(x, y, weights, **kw)
+        calls.append((x, y, weights, kw.get("rows"), kw["C"], fit))
+        return fit
+
+    monkeypatch.setattr(models, "fit_logistic", spy)
+    run()
+    out = []
+    for x, y, w, rows, c, fit in calls:
+        x, y, w = x.double().numpy(), y.numpy(), w.double().numpy()
+        for b in np.flatnonzero(fit.fitted.numpy()):
+            r = np.arange(len(y)) if rows is None else rows[b].numpy()
+            out.append((x[r], y[r], w[b], fit.class_mask[b].numpy(), c, fit.coef.shape[2], fit.coef[b].numpy(),
+                        bool(fit.converged[b])))
+    return out
+
+
+#: (seed, n, d, classes, C). The fitter before issue 13 failed this test: 468 of these 2,474 fits were above
+#: scikit-learn's optimum (up to 9.4%: its two-class model had C doubled), and 4 (on the first task) stopped
+#: 7e-5 to 5e-4 above the optimum of its own objective with converged=True, its step being small.
+FIT_TASKS = [(4, 63, 2, 3, 0.1), (0, 40, 3, 4, 10.0), (2, 50, 2, 3, 1.0), (8, 45, 3, 5, 0.1), (1, 70, 3, 3, 0.1),
+             (5, 60, 2, 4, 1.0)]
+
+
+def test_prefix_fits_reach_the_float64_optimum(monkeypatch):
+    """Thousands of warm-started TMC prefix fits on random multiclass tasks (≥ 3 classes, many coalitions with
+    only two present): each fit's objective is within 1e-6 (relative) of scipy's float64 optimum of the same
+    objective and C, and not one is counted as not converged."""
+
+    def run():
+        for seed, n, d, k, c in FIT_TASKS:
+            x, y, xv, yv = multiclass_task(seed, n, d, k)
+            u = ModelUtility(x, y, xv, yv, C=c)
+            g = torch.Generator().manual_seed(seed)
+            u.prefix_values(torch.stack([torch.randperm(n, generator=g) for _ in range(8)]), 1, n)
+            assert u.stats["not_converged"] == 0
+
+    fits = recorded_fits(monkeypatch, run)
+    pairs = sum(int(present.sum() == 2) for _, _, _, present, *_ in fits)
+    assert len(fits) >= 2000 and pairs >= 400
+    gaps = []
+    for x, y, w, present, c, k, coef, converged in fits:
+        ref = optimum(x, y, w, present, c, k)
+        gaps.append((objective(coef, x, y, w, present, c) - ref) / abs(ref))
+        assert converged
+    gaps = np.array(gaps)
+    assert gaps.min() > -1e-9  # the reference is an optimum
+    assert gaps.max() < 1e-6, f"{int((gaps > 1e-6).sum())} fits above the optimum, worst {gaps.max():.3g}"
+
+
+def test_fits_that_do_not_converge_are_retried_then_counted(monkeypatch):
+    """With one iteration and a one-iteration retry most fits stop early: exactly those whose float64 gradient
+    is above the tolerance are ``converged=False``, and the utility and the TMC result count them."""
+    monkeypatch.setattr(logistic, "RETRY_ITER", 1)
+    x, y, xv, yv = multiclass_task(3, 30, 3, 3)
+    box = {}
+
+    def run():
+        box["u"] = u = ModelUtility(x, y, xv, yv, max_iter=1)
+        box["r"] = tmc_shapley(u, seed=0, batch_size=4, stop=MaxPermutations(4), truncation=None)
+
+    fits = recorded_fits(monkeypatch, run)
+    u, r = box["u"], box["r"]
+    failed = 0
+    for xr, yr, w, present, c, _k, coef, converged in fits:
+        g, limit = gradient_max(coef, xr, yr, w, present, c), u.config.tol * max(1.0, c * w.sum())
+        assert (g > 0.5 * limit) if not converged else (g <= 2 * limit)
+        failed += not converged
+    assert 0 < failed == u.stats["not_converged"] == r.not_converged == r.utility_counts["not_converged"]
+    assert r.utility_counts["retried"] == u.stats["retried"] >= failed
+    assert r.to_dict()["not_converged"] == failed
+
+
+def test_a_short_budget_is_rescued_by_the_retry():
+    x, y, masks = classification_data(9, 120, 5, 3)
+    fit = fit_logistic(torch.tensor(x), torch.tensor(y), torch.tensor(masks), n_classes=3, max_iter=2)
+    assert bool(fit.retried.any()) and bool(fit.converged.all())
+    for b in range(len(masks)):
+        w = masks[b].astype(float)
+        ref = optimum(x, y, w, fit.class_mask[b].numpy(), 1.0, 3)
+        assert objective(fit.coef[b].numpy(), x, y, w, fit.class_mask[b].numpy(), 1.0) <= ref * (1 + 1e-9)
+
+
+def test_two_or_three_of_four_classes_equal_sklearn_on_those_classes():
+    """Coalitions of a 4-class task holding 2 or 3 classes: scikit-learn's fit on those rows, same C."""
+    x, y, _ = classification_data(11, 120, 3, 4)
+    rng = np.random.default_rng(0)
+    masks = np.zeros((8, 120), dtype=bool)
+    for b in range(8):
+        keep = rng.choice(4, size=2 + b % 2, replace=False)
+        masks[b] = np.isin(y, keep) & (rng.random(120) < 0.8)
+    fit = fit_logistic(torch.tensor(x), torch.tensor(y), torch.tensor(masks), n_classes=4, C=0.3, tol=1e-10)
+    proba = fit.predict_proba(torch.tensor(x)).numpy()
+    for b in range(8):
+        assert int(fit.class_mask[b].sum()) == 2 + b % 2
+        np.testing.assert_allclose(proba[b], sklearn_proba(x, y, masks[b], 4, c=0.3), atol=1e-6)
 
 
 def test_single_class_rows_are_not_fitted():

@@ -46,6 +46,29 @@ def test_warm_started_prefixes_equal_cold_values(n_classes):
     assert u.stats["not_converged"] == 0
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_ragged_prefixes_equal_cold_values(n_classes):
+    """Every permutation its own range of prefix lengths (what TMC asks for): the warm-started values equal
+    one cold fit per prefix; a later call continues each permutation from where it stopped."""
+    x, y, xv, yv = task(20 + n_classes, n_classes=n_classes)
+    u = ModelUtility(x, y, xv, yv, batch_size=16)
+    perms = permutations(6, 40, seed=3)
+    starts = torch.tensor([1, 1, 5, 9, 1, 30])
+    stops = torch.tensor([7, 2, 11, 9, 40, 41])
+    got = u.ragged_prefix_values(perms, starts, stops)
+    cold = Utility.ragged_prefix_values(u, perms, starts, stops)
+    assert got.shape == (6, 39) and torch.equal(got.isnan(), cold.isnan())
+    assert torch.equal(got.isnan(), torch.arange(39)[None, :] >= (stops - starts)[:, None])
+    torch.testing.assert_close(got.nan_to_num(-1), cold.nan_to_num(-1), atol=1e-12, rtol=0)
+    for p in range(6):  # and the plain per-prefix values
+        want = Utility.prefix_values(u, perms[p : p + 1], int(starts[p]), int(stops[p]))[0]
+        torch.testing.assert_close(got[p, : int(stops[p] - starts[p])], want, atol=1e-12, rtol=0)
+    keep = torch.tensor([4, 0, 2])
+    more = u.ragged_prefix_values(perms[keep], stops[keep], torch.tensor([40, 12, 20]))
+    want = Utility.ragged_prefix_values(u, perms[keep], stops[keep], torch.tensor([40, 12, 20]))
+    torch.testing.assert_close(more.nan_to_num(-1), want.nan_to_num(-1), atol=1e-12, rtol=0)
+
+
 def test_prefix_calls_continue_when_permutations_drop_out():
     """The estimator calls block after block and drops truncated permutations in between."""
     x, y, xv, yv = task(7, n_classes=3)
@@ -101,26 +124,47 @@ def test_empty_coalition_with_a_base_set_is_the_base_model():
 
 
 def test_single_class_coalitions():
+    """Issue 13: the default is the literature's rule (a one-class coalition scores as the validation majority);
+    the rule before it, predicting the coalition's one class, is ``missing_classes="fit_present"``."""
     x, y, xv, yv = task(11, n_classes=3)
     one_class = torch.zeros((2, 40), dtype=torch.bool)
     one_class[0, np.flatnonzero(y == 1)[:3]] = True  # only class 1
     one_class[1, np.flatnonzero(y == 2)[:1]] = True  # one point of class 2
-    u = ModelUtility(x, y, xv, yv)
-    np.testing.assert_allclose(u.values(one_class).numpy(), [np.mean(yv == 1), np.mean(yv == 2)])
-    strict = ModelUtility(x, y, xv, yv, missing_classes="constant")
     majority_rate = np.bincount(yv).max() / len(yv)
+    assert np.argmax(np.bincount(yv)) == 0  # so the two rules differ here
+    u = ModelUtility(x, y, xv, yv)
+    np.testing.assert_allclose(u.values(one_class).numpy(), majority_rate)
+    old = ModelUtility(x, y, xv, yv, missing_classes="fit_present")
+    np.testing.assert_allclose(old.values(one_class).numpy(), [np.mean(yv == 1), np.mean(yv == 2)])
+    strict = ModelUtility(x, y, xv, yv, missing_classes="constant")
     np.testing.assert_allclose(strict.values(one_class).numpy(), majority_rate)
 
 
 def test_missing_class_rules_differ_when_two_of_three_classes_are_present():
+    """Two of three classes present: scikit-learn's model on those rows with the same C (issue 13: the
+    reference used to be C=2, the 2-way softmax that penalised both columns; at C=0.05 the two differ)."""
     x, y, xv, yv = task(12, n_classes=3)
     two = torch.tensor(y != 0)[None]
-    u = ModelUtility(x, y, xv, yv)
-    clf = LogisticRegression(C=2.0, tol=1e-10, max_iter=5000).fit(x[y != 0], y[y != 0])  # see test_models
-    assert u.values(two).item() == pytest.approx(skm.accuracy_score(yv, clf.predict(xv)), abs=1e-12)
+    for c in (1.0, 0.05):
+        u = ModelUtility(x, y, xv, yv, C=c)
+        clf = LogisticRegression(C=c, tol=1e-10, max_iter=5000).fit(x[y != 0], y[y != 0])
+        assert u.values(two).item() == pytest.approx(skm.accuracy_score(yv, clf.predict(xv)), abs=1e-12)
+    doubled = LogisticRegression(C=0.1, tol=1e-10, max_iter=5000).fit(x[y != 0], y[y != 0])
+    assert u.values(two).item() != pytest.approx(skm.accuracy_score(yv, doubled.predict(xv)), abs=1e-3)
     strict = ModelUtility(x, y, xv, yv, missing_classes="constant")
     assert strict.values(two).item() == pytest.approx(np.bincount(yv).max() / len(yv))
     assert u.stats["constant_predictor"] == 0 and strict.stats["constant_predictor"] == 1
+
+
+def test_one_class_rule_on_an_imbalanced_task():
+    """The validation set is 80% class 0; a coalition of class-1 points alone scores 0.8 by default (the
+    validation majority), 0.2 under the old rule (it predicted class 1)."""
+    x, y, xv, _ = task(30, n_classes=2)
+    yv = (np.arange(len(xv)) % 5 == 0).astype(int)  # 20% class 1
+    only_ones = torch.tensor(y == 1)[None]
+    assert ModelUtility(x, y, xv, yv).values(only_ones).item() == pytest.approx(0.8)
+    assert ModelUtility(x, y, xv, yv, missing_classes="fit_present").values(only_ones).item() == pytest.approx(0.2)
+    assert ModelUtility(x, y, xv, yv).empty_value() == pytest.approx(0.8)
 
 
 def test_string_labels_and_class_union():
