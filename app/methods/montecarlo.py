@@ -9,13 +9,7 @@ import math
 from typing import TYPE_CHECKING
 
 from app.methods.context import Progress, RunContext
-from app.valuation.shapley.stopping import (
-    MaxPermutations,
-    MaxSamples,
-    MaxStandardError,
-    StoppingCriterion,
-    TimeBudget,
-)
+from app.valuation.shapley.stopping import StoppingCriterion, default_stopping
 
 if TYPE_CHECKING:
     from app.methods.shapley import ModelParams
@@ -39,15 +33,13 @@ class StopRequested(StoppingCriterion):
         return 0.0
 
 
-def stopping(p: ModelParams, ctx: RunContext, stderr_target: float | None, *, samples: bool) -> StoppingCriterion:
-    """The budget (permutations, or samples for MSR), or the time budget, or the standard-error target, or a
-    stop asked for: whichever comes first."""
-    stop: StoppingCriterion = MaxSamples(p.max_permutations) if samples else MaxPermutations(p.max_permutations)
-    if p.time_budget is not None:
-        stop = stop | TimeBudget(p.time_budget)
-    if stderr_target is not None:
-        stop = stop | MaxStandardError(stderr_target)
-    return stop | StopRequested(ctx.stop_requested)
+def stopping(p: ModelParams, ctx: RunContext, estimator: str, n_players: int,
+             stderr_target: float | None) -> StoppingCriterion:
+    """The library's default rule (converged by relative change or the standard-error target, else the permutation
+    or time budget) or a stop asked for from outside: whichever comes first."""
+    rule = default_stopping(estimator, n_players, max_permutations=p.max_permutations, time_budget=p.time_budget,
+                            stderr_target=stderr_target, relative_change=p.relative_change)
+    return rule | StopRequested(ctx.stop_requested)
 
 
 def mc_progress(ctx: RunContext, stage: str):

@@ -36,8 +36,15 @@ class ModelParams(Params):
                                                  "classification) | wwl (graph collections: graph classification)")
     metric: Metric | None = Field(None, description="accuracy (default for classification) | balanced_accuracy | f1 "
                                                     "| r2 | neg_mse")
-    max_permutations: int = Field(defaults.PERMUTATIONS, ge=1, description="Permutation (or sample) budget",
-                                  json_schema_extra=capped("max_permutations"))
+    max_permutations: int = Field(defaults.PERMUTATIONS, ge=1, description="Permutation budget, a cap: runs stop "
+                                  "earlier once the values converge (for banzhaf: permutations' worth of "
+                                  "coalitions, n−1 each)", json_schema_extra=capped("max_permutations"))
+    relative_change: float | None = Field(
+        defaults.RELATIVE_CHANGE, gt=0, le=1, description="Stop once the values' mean relative change over the last "
+        f"{defaults.CONVERGENCE_WINDOW} permutations is below this (null: only budgets and stderr_target stop)")
+    missing_classes: Literal["majority", "fit_present", "constant"] = Field(
+        defaults.MISSING_CLASSES, description="A coalition with no point or one class only: majority (the "
+        "validation labels' majority class, Data Shapley's rule), fit_present (fit the classes present) or constant")
     time_budget: float | None = Field(None, gt=0, description="Stop after this many seconds (the values so far are "
                                                               "kept)", json_schema_extra=capped("max_time_budget"))
     k: int = Field(defaults.KNN_K, ge=1, le=10_000, description="Neighbours for model knn")
@@ -84,7 +91,7 @@ def model_utility(inputs: Inputs, p: ModelParams, ctx: RunContext):
 
     val, parts, base = load_labelled(inputs, p, ctx)
     config = ModelConfig(model="logistic" if p.model in GRAPH_MODELS else p.model, metric=p.metric, k=p.k,
-                         seed=p.seed, threads=p.threads)
+                         seed=p.seed, threads=p.threads, missing_classes=p.missing_classes)
     utility = ModelUtility(np.concatenate([q.x for q in parts]), pooled_labels(parts), val.x, val.y, config=config,
                            device=ctx.device, x_base=None if base is None else base.x,
                            y_base=None if base is None else base.y)
@@ -103,7 +110,8 @@ def convergence(result) -> dict[str, Any]:
     max_se = result.max_standard_error()
     return {"estimator": result.estimator, "seed": result.seed, "stop_reason": result.stop_reason,
             "permutations": result.permutations_done, "samples": result.samples_done,
-            "max_stderr": max_se if math.isfinite(max_se) else None, "params": result.params}
+            "max_stderr": max_se if math.isfinite(max_se) else None, "params": result.params,
+            "not_converged": result.not_converged, "utility_counts": dict(result.utility_counts)}
 
 
 def point_entries(sellers: list[DataRef], sizes: list[int], values: torch.Tensor,
@@ -162,7 +170,7 @@ def run_data_shapley(inputs: Inputs, p: DataShapleyParams, ctx: RunContext) -> d
     if p.estimator == "exact":
         result = exact_shapley(utility, progress=progress)
     else:
-        mc = dict(seed=p.seed, stop=stopping(p, ctx, p.stderr_target, samples=p.estimator == "banzhaf"),
+        mc = dict(seed=p.seed, stop=stopping(p, ctx, p.estimator, utility.n_players, p.stderr_target),
                   progress=progress, checkpoint=ctx.checkpoint, resume_from=ctx.resume)
         if p.estimator == "tmc":
             result = tmc_shapley(utility, truncation=p.truncation or None, batch_size=p.batch_size, **mc)
@@ -215,7 +223,7 @@ def run_seller_shapley(inputs: Inputs, p: SellerShapleyParams, ctx: RunContext) 
     groups = np.repeat(np.arange(len(parts)), [len(q.y) for q in parts])
     utility = SellerUtility(points, groups, n_sellers=len(parts))
     mc = len(parts) > EXACT_MAX_SELLERS
-    result = seller_shapley(utility, seed=p.seed, stop=stopping(p, ctx, None, samples=False),
+    result = seller_shapley(utility, seed=p.seed, stop=stopping(p, ctx, "seller", len(parts), None),
                             batch_size=p.batch_size,
                             progress=mc_progress(ctx, f"seller Shapley over {len(parts)} sellers"),
                             checkpoint=ctx.checkpoint if mc else None, resume_from=ctx.resume if mc else None)

@@ -19,6 +19,13 @@ SGC_HOPS = 2
 KNN_K = 5
 #: Monte Carlo Shapley: the permutation (or, for Banzhaf, sample) budget
 PERMUTATIONS = 1000
+#: Monte Carlo convergence: stop when the mean relative change of the values over the last CONVERGENCE_WINDOW
+#: permutations (for Banzhaf, that many permutations' worth of coalitions) is below this
+RELATIVE_CHANGE = 0.05
+CONVERGENCE_WINDOW = 100
+#: Shapley utilities: a coalition with no point, or whose points all carry one class, scores as the majority class
+#: of the validation labels (Data Shapley's rule)
+MISSING_CLASSES = "majority"
 #: TMC: relative truncation tolerance (0 disables truncation)
 TRUNCATION = 0.01
 #: Monte Carlo Shapley: permutations (or subsets) per batch (a batch is one seeded, mergeable unit of work)

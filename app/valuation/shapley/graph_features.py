@@ -38,10 +38,11 @@ from torch_geometric.nn import global_mean_pool
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
+from app.valuation import defaults
 from app.valuation.errors import ValuationError
 from app.valuation.shapley.utilities import ModelConfig, ModelUtility
 
-DEFAULT_WWL_ROUNDS = 2
+DEFAULT_WWL_ROUNDS = defaults.WWL_ROUNDS
 
 
 def prepare_adjacency(

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from app.valuation import defaults
 from app.valuation.errors import ValuationError
 
 if TYPE_CHECKING:
@@ -43,10 +44,10 @@ if TYPE_CHECKING:
 
 
 #: the default permutation budget (a cap: the default rule stops on convergence first)
-DEFAULT_MAX_PERMUTATIONS = 1000
+DEFAULT_MAX_PERMUTATIONS = defaults.PERMUTATIONS
 #: METHODS.md §3's convergence rule: mean relative change below this over the last DEFAULT_WINDOW permutations
-DEFAULT_RELATIVE_CHANGE = 0.05
-DEFAULT_WINDOW = 100
+DEFAULT_RELATIVE_CHANGE = defaults.RELATIVE_CHANGE
+DEFAULT_WINDOW = defaults.CONVERGENCE_WINDOW
 #: estimators that draw permutations / coalitions (library and CLI names)
 PERMUTATION_ESTIMATORS = frozenset({"tmc", "tmc_shapley", "beta", "beta_shapley", "seller", "seller_shapley"})
 SUBSET_ESTIMATORS = frozenset({"banzhaf", "msr", "banzhaf_msr"})
