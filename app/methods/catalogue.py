@@ -67,6 +67,8 @@ class Method:
     #: the ranked table of sellers; ``rank_by`` orders it (descending), None keeps the order given
     columns: tuple[Column, ...] = ()
     rank_by: str | None = None
+    #: the parameters a form shows first (the others under "more parameters")
+    primary: tuple[str, ...] = ()
 
     def validate(self, data: dict[str, Any] | None, caps: Caps | None = None) -> Params:
         return validate(self.id, self.params, data, caps)

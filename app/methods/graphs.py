@@ -99,6 +99,7 @@ STRUCTURAL_METHOD = Method(
     per_point=False,
     params=StructuralParams,
     run_path="app.methods.graphs:run",
+    primary=("seed", "matcher"),
     columns=(Column("structural_disparity", "S", interval="structural_disparity"),
              Column("structural_similarity", "similarity"), Column("nodes", "nodes", ",d")),
 )
@@ -114,6 +115,7 @@ GRAPH_METHOD = Method(
     per_point=False,
     params=GraphParams,
     run_path="app.methods.graphs:run",
+    primary=("feature_view", "score_weights", "seed"),
     columns=(Column("structural_disparity", "S", interval="structural_disparity"),
              Column("relevance", "relevance", interval="relevance"),
              Column("diversity", "diversity", interval="diversity"), Column("score", "score"),

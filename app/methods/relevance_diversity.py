@@ -128,4 +128,5 @@ METHOD = Method(
                                                                              interval="diversity"),
              Column("score", "score"), Column("vendi_score", "vendi", ".2f"), Column("rows", "rows", ",d")),
     rank_by="score",
+    primary=("alpha", "threshold", "relative_threshold", "scaling"),
 )

@@ -267,6 +267,7 @@ DATA_SHAPLEY = Method(
     kind_for=_kind,
     lane_for=_data_shapley_lane,
     columns=POINT_COLUMNS,
+    primary=("estimator", "model", "max_permutations", "time_budget", "seed"),
 )
 
 KNN_SHAPLEY = Method(
@@ -281,6 +282,7 @@ KNN_SHAPLEY = Method(
     params=KnnShapleyParams,
     run_path="app.methods.shapley:run_knn_shapley",
     columns=POINT_COLUMNS,
+    primary=("k",),
 )
 
 SELLER_SHAPLEY = Method(
@@ -299,4 +301,5 @@ SELLER_SHAPLEY = Method(
     lane_for=lambda _p: Lane.LONG,
     columns=(Column("value", "value"), Column("stderr", "stderr"), Column("points", "points", ",d")),
     rank_by="value",
+    primary=("model", "max_permutations", "seed"),
 )

@@ -24,6 +24,7 @@ class FormField:
     maximum: float | None = None
     step: str = "any"
     optional: bool = False
+    primary: bool = True
 
 
 def _members(annotation) -> list[Any]:
@@ -50,6 +51,7 @@ def fields_of(method: Method, caps: Caps) -> list[FormField]:
     for name, info in method.params.model_fields.items():
         if name == "base_dataset_id":
             continue
+        primary = name in method.primary or not method.primary
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         members = _members(info.annotation)
         optional = type(None) in members
@@ -57,10 +59,10 @@ def fields_of(method: Method, caps: Caps) -> list[FormField]:
         label = name.replace("_", " ").capitalize()
         help_text = info.description or ""
         if info.annotation is bool:
-            out.append(FormField(name, label, "checkbox", help_text, info.default))
+            out.append(FormField(name, label, "checkbox", help_text, info.default, primary=primary))
         elif literals and not any(typing.get_origin(m) is list for m in members):
             out.append(FormField(name, label, "select", help_text, info.default, tuple(str(v) for v in literals),
-                                 optional=optional))
+                                 optional=optional, primary=primary))
         elif {m for m in members if m is not type(None)} <= {int, float}:
             lo, hi = _bounds(info)
             if extra.get("x-cap"):
@@ -70,9 +72,9 @@ def fields_of(method: Method, caps: Caps) -> list[FormField]:
             integer = int in members and float not in members
             out.append(FormField(name, label, "number", help_text, info.default, minimum=lo,
                                  maximum=hi if hi is None or hi < 2**62 else None, step="1" if integer else "any",
-                                 optional=optional))
+                                 optional=optional, primary=primary))
         else:
-            out.append(FormField(name, label, "text", help_text, info.default, optional=optional))
+            out.append(FormField(name, label, "text", help_text, info.default, optional=optional, primary=primary))
     return out
 
 

@@ -54,7 +54,7 @@ def _upload_mine(page, server, market) -> None:
     page.get_by_label("Name", exact=True).fill("my validation set")
     page.get_by_label("File", exact=True).set_input_files(str(market["mine"]))
     page.get_by_role("button", name="Upload", exact=True).click()
-    page.wait_for_url(re.compile(r".*/portal/datasets/[0-9a-f]{32}\?uploaded=1"), timeout=60_000)
+    page.wait_for_url(re.compile(r".*/portal/datasets/[0-9a-f]{32}\?uploaded=1"), timeout=120_000)
 
 
 def _wait_done(page) -> None:
@@ -127,6 +127,7 @@ def test_a_data_shapley_valuation_shows_histograms_and_the_removal_curve(server,
     assert page.get_by_label("Max permutations").get_attribute("aria-invalid") == "true"
 
     page.get_by_label("Max permutations").fill("24")
+    page.get_by_text("More parameters").click()
     page.get_by_label("Batch size").fill("8")
     page.get_by_label("tiny set").check()
     page.get_by_role("button", name="Start valuation").click()

@@ -52,10 +52,10 @@ def test_a_seller_uploads_profiles_describes_lists_and_signs_out(server, browser
     progress = page.get_by_label("Upload progress")
     progress.wait_for(state="visible")  # the bar, with bytes and percent
     assert re.search(r"of \d", page.locator("#progress-bytes").inner_text())
-    page.wait_for_url(re.compile(r".*/portal/datasets/[0-9a-f]{32}\?uploaded=1"), timeout=60_000)
+    page.wait_for_url(re.compile(r".*/portal/datasets/[0-9a-f]{32}\?uploaded=1"), timeout=120_000)
     dataset_url = page.url.split("?")[0]
 
-    page.locator("#profile[data-status=succeeded]").wait_for(timeout=60_000)  # live progress, then the profile
+    page.locator("#profile[data-status=succeeded]").wait_for(timeout=120_000)  # live progress, then the profile
     assert page.locator("#rows").inner_text() == "60,000"
     table = page.get_by_role("table").first
     for column in ("size", "rooms", "age"):
