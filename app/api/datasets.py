@@ -14,6 +14,7 @@ from app.api.problems import responses
 from app.db.models import Dataset
 from app.http.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep
 from app.http.multipart import receive_form
+from app.http.paging import Offset
 from app.services import datasets as service
 from app.services import profiles
 from app.services.errors import Invalid
@@ -115,7 +116,7 @@ async def create_dataset(request: Request, caller: CallerDep, session: SessionDe
 
 @router.get("/datasets", operation_id="list_datasets", responses=responses(401, 422))
 def list_datasets(caller: CallerDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> DatasetPage:
+                  offset: Offset = 0) -> DatasetPage:
     """The caller's datasets, newest first."""
     rows, total = service.list_datasets(session, caller, limit=limit, offset=offset)
     return DatasetPage(items=[DatasetOut.of(r) for r in rows], total=total, limit=limit, offset=offset)

@@ -14,6 +14,7 @@ from app.api.problems import responses
 from app.db.models import Job, JobStatus, PointValue
 from app.http.deps import CallerDep, SessionDep, SettingsDep, require_role
 from app.http.events import EVENTS_POLL_SECONDS, job_events
+from app.http.paging import Offset
 from app.services import jobs as service
 from app.services.errors import Conflict
 
@@ -137,7 +138,7 @@ def list_jobs(
     caller: CallerDep,
     status: Annotated[str | None, Query(description="Only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> JobPage:
     """The caller's jobs, newest first."""
     rows, total = service.list_jobs(session, caller, status=status, limit=limit, offset=offset)
@@ -173,7 +174,7 @@ def list_job_values(
     dataset_id: Annotated[str | None, Query(description="Only this dataset's points")] = None,
     order: Annotated[Literal["value_desc", "value_asc", "index"], Query()] = "value_desc",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> ValuePage:
     """Per-point values of the caller's own points in a job (sellers: their points; nobody sees others')."""
     rows, total = service.list_values(session, caller, job_id, dataset_id=dataset_id, order=order, limit=limit,

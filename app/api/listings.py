@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.problems import responses
 from app.http.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep, require_role
+from app.http.paging import Offset
 from app.services import listings as service
 from app.services.errors import Conflict
 from app.services.listings import ListingDetails, ListingView
@@ -90,7 +91,7 @@ def create_listing(body: ListingIn, caller: CallerDep, session: SessionDep) -> L
 
 @router.get("/listings", operation_id="list_listings", responses=responses(401, 422))
 def list_listings(caller: CallerDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> ListingPage:
+                  offset: Offset = 0) -> ListingPage:
     """A seller's own listings; for a buyer, the listings it may value (public or naming it), newest first."""
     views, total = service.list_listings(session, caller, limit=limit, offset=offset)
     return ListingPage(items=[ListingOut.of(v) for v in views], total=total, limit=limit, offset=offset)

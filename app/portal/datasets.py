@@ -17,6 +17,7 @@ from app.db.models import Dataset
 from app.db.session import begin_write
 from app.http.deps import BlobStoreDep, SessionDep
 from app.http.multipart import receive_form
+from app.http.paging import OFFSET_MAX
 from app.portal import charts
 from app.portal.web import PortalNotFound, ViewerDep, checked_form, field_errors, page, redirect
 from app.services import datasets as service
@@ -39,7 +40,8 @@ def _own(session, viewer, dataset_id: str) -> Dataset:
 @router.get("/datasets", response_class=HTMLResponse)
 def list_datasets(request: Request, session: SessionDep, viewer: ViewerDep, page_no: int = 1) -> HTMLResponse:
     limit = 50
-    rows, total = service.list_datasets(session, viewer.caller, limit=limit, offset=(max(page_no, 1) - 1) * limit)
+    page_no = min(max(page_no, 1), OFFSET_MAX // limit)  # a page past the end is an empty page, not an overflow
+    rows, total = service.list_datasets(session, viewer.caller, limit=limit, offset=(page_no - 1) * limit)
     states = {r.id: profiles.profile_of(session, r).status for r in rows}
     return page(request, "datasets.html", viewer, datasets=rows, total=total, states=states, page_no=page_no,
                 pages=max(math.ceil(total / limit), 1))

@@ -43,7 +43,8 @@ def test_a_short_job_finishes_while_a_long_one_runs_and_a_cancel_keeps_the_value
     b = upload(client, buyer, write_table(tmp_path / "valid.csv", 60, 0))["id"]
     s = listed(client, seller, upload(client, seller, write_table(tmp_path / "train.csv", 40, 1))["id"])
     long = submit(client, buyer, "data-shapley", b, [s], {"max_permutations": 100_000, "truncation": 0.0,
-                                                          "batch_size": 4, "time_budget": 300.0}).json()
+                                                          "batch_size": 4, "time_budget": 300.0,
+                                                          "relative_change": None}).json()
     assert long["lane"] == "long"
     _wait(client, buyer, long["id"], lambda j: (j["progress_detail"] or {}).get("permutations", 0) > 0,
           what="the long job's first permutations")
