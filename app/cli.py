@@ -16,6 +16,7 @@ import typer
 
 from app import __version__
 from app.commands import blind, service
+from app.commands.client import client_app
 from app.commands.common import UsageProblem, stderr
 from app.commands.value import value_command
 from app.commands.worker import worker as worker_command
@@ -52,6 +53,7 @@ keys_app.command("list")(service.keys_list)
 keys_app.command("revoke")(service.keys_revoke)
 app.command("serve")(service.serve)
 app.command("worker")(worker_command)
+app.add_typer(client_app, name="client")
 
 _debug = False
 
