@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -304,6 +304,7 @@ class Outcome:
     error: str | None = None
     refused: bool = False
     duration_ms: float = 0.0
+    started_at: datetime | None = None
 
 
 def take_due(factory: sessionmaker[Session], *, lease_seconds: float, limit: int = SEND_BATCH) -> list[Due]:
@@ -332,7 +333,7 @@ def send(due: Due, policy: TargetPolicy, timeout: float, *, transport=None) -> O
     """One attempt: check the target again, POST the signed body to the checked address."""
     import httpx
 
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), utcnow()
 
     def took() -> float:
         return (time.monotonic() - t0) * 1000.0
@@ -340,7 +341,7 @@ def send(due: Due, policy: TargetPolicy, timeout: float, *, transport=None) -> O
     try:
         target = check_target(due.url, policy)
     except TargetRefused as exc:
-        return Outcome(False, error=f"refused: {exc}", refused=True, duration_ms=took())
+        return Outcome(False, error=f"refused: {exc}", refused=True, duration_ms=took(), started_at=started)
     body = body_bytes(due.payload)
     stamp = str(int(time.time()))
     headers = {"Content-Type": "application/json", "User-Agent": "appraise-webhooks", "Host": target.host_header,
@@ -352,11 +353,11 @@ def send(due: Due, policy: TargetPolicy, timeout: float, *, transport=None) -> O
             r = client.post(target.pinned_url(target.addresses[0]), content=body, headers=headers,
                             extensions=extensions)
     except httpx.HTTPError as exc:
-        return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:1000], duration_ms=took())
+        return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:1000], duration_ms=took(), started_at=started)
     if 200 <= r.status_code < 300:
-        return Outcome(True, status_code=r.status_code, duration_ms=took())
+        return Outcome(True, status_code=r.status_code, duration_ms=took(), started_at=started)
     why = "a redirect (not followed)" if 300 <= r.status_code < 400 else f"HTTP {r.status_code}"
-    return Outcome(False, status_code=r.status_code, error=why, duration_ms=took())
+    return Outcome(False, status_code=r.status_code, error=why, duration_ms=took(), started_at=started)
 
 
 def record(factory: sessionmaker[Session], due: Due, outcome: Outcome, *, max_attempts: int,
@@ -365,7 +366,7 @@ def record(factory: sessionmaker[Session], due: Due, outcome: Outcome, *, max_at
     2^(attempt−1), failed once ``max_attempts`` are spent, or refused (no retry)."""
     now = utcnow()
     with transaction(factory, immediate=True) as session:
-        session.add(WebhookAttempt(delivery_id=due.id, attempt=due.attempt, started_at=now,
+        session.add(WebhookAttempt(delivery_id=due.id, attempt=due.attempt, started_at=outcome.started_at or now,
                                    duration_ms=outcome.duration_ms, status_code=outcome.status_code,
                                    error=outcome.error))
         delivery = session.get(WebhookDelivery, due.id)
