@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"appraise {__version__}")
         sys.exit(0)
     try:
-        app(args=args, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)  # click returns a typer.Exit's code instead of raising it
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

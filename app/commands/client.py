@@ -24,6 +24,7 @@ import typer
 from app.commands.common import UsageProblem, stderr, stdout
 
 EXIT_JOB_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 client_app = typer.Typer(help="Talk to an Appraise server: upload data, submit batches from a manifest, watch them, "
                               "fetch their results.", no_args_is_help=True)
@@ -56,6 +57,9 @@ def _friendly(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except ClientError as exc:
             raise UsageProblem(str(exc)) from exc
+        except KeyboardInterrupt:  # typer's click (standalone_mode=False) would swallow it and exit 0
+            stderr.print("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
 
@@ -240,7 +244,8 @@ def _wait(api, batch_id: str):
     except KeyboardInterrupt:
         stderr.print(f"stopped watching batch {batch_id} (it keeps running); the same `appraise client submit "
                      "... --wait` picks it up again")
-        raise
+        # an exit status of our own: typer's click, run with standalone_mode=False, swallows KeyboardInterrupt
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _wait_bars(api, batch_id: str):

@@ -65,7 +65,7 @@ class Server:
 
         engine = make_engine(self.db_url)
         try:
-            with transaction(session_factory(engine)) as session:
+            with transaction(session_factory(engine), immediate=True) as session:  # SQLite: the write lock first
                 _, key = create_key(session, get_or_create_org(session, org, role))
         finally:
             engine.dispose()
@@ -82,10 +82,12 @@ class Server:
                            text=True, timeout=timeout)
         return Run(p.returncode, p.stdout, p.stderr)
 
-    def popen(self, *args: str, key: str, cwd: Path | None = None) -> subprocess.Popen:
-        env = {**self.env, "APPRAISE_URL": self.url, "APPRAISE_API_KEY": key}
-        return subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=env, cwd=cwd or ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def popen(self, *argv: str, key: str, cwd: Path | None = None,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        """A Python command line (``["-m", "app.cli", ...]`` or a script) started in the background."""
+        env = {**self.env, "APPRAISE_URL": self.url, "APPRAISE_API_KEY": key, **(extra_env or {})}
+        return subprocess.Popen([sys.executable, *argv], env=env, cwd=cwd or ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
 
 def start_server(db: str, tmp: Path, **settings: str) -> Server:
