@@ -97,6 +97,8 @@ def _where_of(manifest: Manifest, error: ApiError) -> Path_ | None:
         i, rest = int(m.group(1)), m.group(2)
         if (s := re.match(r"^sellers\[(\d+)\]", rest)) is not None:
             return ("sellers", int(s.group(1)))
+        if rest == "sellers":
+            return ("sellers",)
         if rest == "buyer_dataset_id":
             return ("buyer",)
         if rest == "params.base_dataset_id":
@@ -124,6 +126,12 @@ def submit(client: AppraiseClient, manifest: Manifest, *, progress: Upload | Non
     methods = {m.id: m for m in client.list_methods()}  # also checks the key before any upload
     _check_against_server(manifest, methods)
     webhook = _webhook(manifest)
+    for i, ref in enumerate(manifest.sellers):  # listings first: a wrong id fails before any upload
+        if isinstance(ref, IdRef) and ref.listing_id:
+            try:
+                client.get_listing(ref.listing_id)
+            except ApiError as exc:
+                raise manifest.error(("sellers", i, "listing_id"), exc.line(), exc) from None
     sha256s: dict[Path, str] = {}
     for _, ref in manifest.files():
         for path in (ref.file, ref.edges):
@@ -166,7 +174,10 @@ def submit(client: AppraiseClient, manifest: Manifest, *, progress: Upload | Non
         batch, created = client.create_batch(manifest.name, jobs, webhook=webhook, idempotency_key=key)
     except ApiError as exc:
         where = _where_of(manifest, exc)
-        raise manifest.error(where or (), exc.line(), exc) from None
+        message = exc.line()
+        if exc.field and message.startswith(f"{exc.field}: "):  # the manifest's own place is named instead
+            message = message[len(exc.field) + 2:]
+        raise manifest.error(where or (), message, exc) from None
     return Submission(batch=batch, created=created, idempotency_key=key, files=uses)
 
 

@@ -325,8 +325,9 @@ def problem_of(response: httpx.Response, method: str, path: str) -> ApiError:
             body = parsed
     except ValueError:
         pass
-    retry_after = response.headers.get("Retry-After")
     extra = {k: v for k, v in body.items() if k not in ("type", "title", "status", "detail", "instance")}
+    retry_after = response.headers.get("Retry-After") or str(extra.pop("retry_after", "") or "")
+    extra.pop("retry_after", None)
     detail = body.get("detail")
     if detail is None and not body:
         text = response.text.strip().splitlines()
