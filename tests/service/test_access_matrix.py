@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from app.db.models import Dataset, Job, JobResult, Listing, PointValue, Share
+from app.db.models import Batch, BatchJob, Dataset, Job, JobResult, Listing, PointValue, Share
 from app.db.session import make_engine, session_factory, transaction
 
 PROBLEM = "application/problem+json"
@@ -50,7 +50,12 @@ def owned(settings, make_org):
         s.flush()
         s.add(JobResult(job_id=job.id, summary={"method": "knn-shapley", "sellers": []}))
         s.add(PointValue(job_id=job.id, dataset_id=ds.id, idx=0, owner_org_id=a.id, value=0.5, stderr=None))
-        ids = {"dataset_id": ds.id, "listing_id": listing.id, "job_id": job.id, "share_id": share.id}
+        batch = Batch(org_id=a.id, name="b")
+        s.add(batch)
+        s.flush()
+        s.add(BatchJob(batch_id=batch.id, position=0, job_id=job.id, sellers=[{"dataset_id": ds.id}]))
+        ids = {"dataset_id": ds.id, "listing_id": listing.id, "job_id": job.id, "share_id": share.id,
+               "batch_id": batch.id}
     engine.dispose()
     return a, b, ids
 
@@ -78,3 +83,4 @@ def test_another_organizations_resources_are_404(client, app, owned):
     assert client.get(f"/api/v1/jobs/{ids['job_id']}", headers=a.headers).status_code == 200
     assert client.get(f"/api/v1/listings/{ids['listing_id']}", headers=a.headers).status_code == 200
     assert client.get(f"/api/v1/shares/{ids['share_id']}", headers=a.headers).status_code == 200
+    assert client.get(f"/api/v1/batches/{ids['batch_id']}", headers=a.headers).status_code == 200

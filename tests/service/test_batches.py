@@ -17,7 +17,7 @@ API = "/api/v1"
 
 @pytest.fixture
 def settings(settings):
-    return settings.model_copy(update={"webhook_dispatcher": False, "max_queued_jobs_per_org": 50,
+    return settings.model_copy(update={"max_queued_jobs_per_org": 50,
                                        "max_batch_jobs": 20, "webhook_allowed_networks": ""})
 
 

@@ -19,11 +19,6 @@ API = "/api/v1"
 
 
 @pytest.fixture
-def settings(settings):
-    return settings.model_copy(update={"webhook_dispatcher": False})
-
-
-@pytest.fixture
 def db(settings):
     engine = make_engine(settings.database_url)
     yield session_factory(engine)

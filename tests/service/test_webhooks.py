@@ -25,7 +25,7 @@ SECRET = "whsec-" + "k" * 26
 
 @pytest.fixture
 def settings(settings):
-    return settings.model_copy(update={"webhook_dispatcher": False, "webhook_allowed_networks": "127.0.0.0/8",
+    return settings.model_copy(update={"webhook_allowed_networks": "127.0.0.0/8",
                                        "webhook_retry_seconds": 0.05, "webhook_max_attempts": 3,
                                        "webhook_timeout_seconds": 5.0, "webhook_poll_seconds": 0.1})
 
