@@ -43,6 +43,7 @@ from app.client import AppraiseClient  # noqa: E402
 from app.client.models import Event  # noqa: E402
 
 METHODS = ("relevance-diversity", "knn-shapley", "data-shapley")
+VERBOSE = False
 
 
 def write_table(path: Path, rng: np.random.Generator, rows: int, features: int, shift: float) -> None:
@@ -84,6 +85,10 @@ def overheads(events: list[Event], job_ids: list[str], created: dict[str, dateti
             first.pop(job, None)
         elif e.event == "progress" and job in claimed and job not in first:
             first[job] = at
+    if VERBOSE:
+        for j in job_ids:
+            print(f"job {j}: created→claim {(claimed[j] - created[j]).total_seconds():.2f} s, claim→first progress "
+                  f"{(first[j] - claimed[j]).total_seconds() if j in first else float('nan'):.2f} s", file=sys.stderr)
     start = [(first[j] - claimed[j]).total_seconds() for j in job_ids if j in first and j in claimed]
     wait = [(claimed[j] - created[j]).total_seconds() for j in job_ids if j in claimed]
     return start, wait
@@ -97,8 +102,16 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=6)
     ap.add_argument("--permutations", type=int, default=50, help="data-shapley's max_permutations")
     ap.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
-    ap.add_argument("--no-single-seller-jobs", action="store_true")
+    ap.add_argument("--single-jobs", type=int, default=12,
+                    help="jobs of one seller each in the last batch (0: skip it)")
+    ap.add_argument("--concurrency", type=int, default=None, help="APPRAISE_WORKER_CONCURRENCY (default: the "
+                                                                  "server's, 1 slot plus 1 for short jobs)")
+    ap.add_argument("--settle", type=float, default=20.0,
+                    help="seconds to wait after a warm-up job, so the worker's warm spare process is ready")
+    ap.add_argument("--verbose", action="store_true", help="each job's timings on stderr")
     args = ap.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
 
     rows_out = []
     with tempfile.TemporaryDirectory(prefix="appraise-batch-bench-") as tmp:
@@ -108,6 +121,8 @@ def main() -> None:
                "APPRAISE_STORAGE_DIR": str(work / "storage"), "APPRAISE_POLL_SECONDS": "0.1"}
         for name in ("APPRAISE_WORKER_MODE", "APPRAISE_URL", "APPRAISE_API_KEY"):
             env.pop(name, None)
+        if args.concurrency:
+            env["APPRAISE_WORKER_CONCURRENCY"] = str(args.concurrency)
         appraise(env, "db", "upgrade")
         buyer_key = json.loads(appraise(env, "keys", "create", "--org", "bench-buyer", "--role", "buyer",
                                         "--json").stdout)["key"]
@@ -150,6 +165,11 @@ def main() -> None:
                 + "".join(f"  - {{method: {m}, params: {json.dumps(params(m, args.permutations))}}}\n"
                           for m in METHODS))
             with AppraiseClient(url, buyer_key) as api:
+                # a warm-up job (the first child process's imports), then time for the next spare's
+                write_table(work / "warm.csv", np.random.default_rng(99), 30, args.features, 0.0)
+                warm = api.upload_dataset(work / "warm.csv", name="warm-up")
+                api.wait_job(api.submit_job("relevance-diversity", warm.id, [warm.id]).id, poll=0.2)
+                time.sleep(args.settle)
                 # 1. the batch, as a user runs it
                 t0 = time.monotonic()
                 sub = appraise({**cenv, "APPRAISE_API_KEY": buyer_key}, "client", "submit", str(manifest), "--wait",
@@ -161,6 +181,7 @@ def main() -> None:
                 rows_out.append(_row(api, "batch (manifest): submit --wait + results", batch["id"], wall))
 
                 # 2. the peer: the same jobs one by one
+                time.sleep(args.settle)
                 buyer_ds = api.find_datasets(_sha(valid))[0].id
                 seller_ids = [api.get_listing(x).dataset_id for x in listings]
                 t0 = time.monotonic()
@@ -175,9 +196,11 @@ def main() -> None:
                 rows_out.append(("jobs one by one: POST /jobs + polling", len(jobs), wall, span, start, wait))
 
                 # 4. one batch of single-seller jobs (the per-job overhead)
-                if not args.no_single_seller_jobs:
+                if args.single_jobs:
+                    time.sleep(args.settle)
                     specs = [{"method": m, "buyer_dataset_id": buyer_ds, "sellers": [{"listing_id": x}],
                               "params": params(m, args.permutations)} for x in listings for m in METHODS]
+                    specs = specs[:args.single_jobs]
                     t0 = time.monotonic()
                     b, _ = api.create_batch("single-seller jobs", specs)
                     api.wait_batch(b.id, poll=0.1)
@@ -196,7 +219,10 @@ def main() -> None:
             appraise(env, "value", m, "--buyer", str(valid), *files, *extra, "--json")
         rows_out.insert(2, ("local CLI: appraise value × 3 (no service)", 3, time.monotonic() - t0, None, [], []))
 
-    print(f"\n1 buyer ({args.buyer_rows} rows) × {args.sellers} sellers ({args.rows} rows, {args.features} features) × "
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load}; worker: "
+          f"{args.concurrency or 'default'} slot(s) + 1 short slot, one warm spare process", file=sys.stdout)
+    print(f"1 buyer ({args.buyer_rows} rows) × {args.sellers} sellers ({args.rows} rows, {args.features} features) × "
           f"3 methods (data-shapley {args.permutations} permutations); {db.split(':', 1)[0]}\n")
     print("| run | jobs | submit → all results, s | server: first job created → last ended, s | "
           "claim → first progress, median ms (max) | queue wait median s |")

@@ -145,6 +145,12 @@ def test_seller_uploads_buyer_submits_waits_and_reads_results(server, tmp_path, 
         assert (api.list_datasets().total, api.list_jobs().total, api.list_batches().total) == before
     listed = server.cli("client", "list", "--json", key=buyer_key).json()["items"]
     assert [b["id"] for b in listed] == [batch["id"]]
+    with AppraiseClient(server.url, buyer_key) as api:  # the event stream replays every job's history, then ends
+        events = list(api.batch_events(batch["id"]))
+    assert events[-1].event == "batch" and events[-1].data["final"] is True
+    assert events[-1].data["data"] == {"status": "succeeded", "counts": {"succeeded": 3}, "progress": 1.0}
+    ended = [e.data["job_id"] for e in events if e.event == "state" and e.data["data"]["status"] == "succeeded"]
+    assert sorted(ended) == sorted(j["id"] for j in batch["jobs"])
     status = server.cli("client", "status", batch["id"], key=buyer_key)
     assert status.code == 0 and "succeeded" in status.out and "knn-shapley" in status.out
 
