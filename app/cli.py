@@ -16,6 +16,7 @@ import typer
 
 from app import __version__
 from app.commands import blind, service
+from app.commands.client import client_app
 from app.commands.common import UsageProblem, stderr
 from app.commands.value import value_command
 from app.commands.worker import worker as worker_command
@@ -55,6 +56,7 @@ keys_app.command("list")(service.keys_list)
 keys_app.command("revoke")(service.keys_revoke)
 app.command("serve")(service.serve)
 app.command("worker")(worker_command)
+app.add_typer(client_app, name="client")
 
 _debug = False
 
@@ -111,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"appraise {__version__}")
         sys.exit(0)
     try:
-        app(args=args, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)  # click returns a typer.Exit's code instead of raising it
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

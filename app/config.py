@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.data.limits import GiB, ReadLimits
@@ -74,6 +74,35 @@ class Settings(BaseSettings):
     max_threads: int = Field(max(os.cpu_count() or 1, 1), ge=1, description="CPU threads a job may use")
     max_batch_size: int = Field(4096, ge=1, description="Permutations (or subsets) per Monte Carlo batch")
     max_subsample: int = Field(1_000_000, ge=2, description="Embedding rows each party may send (graphs)")
+
+    # --- batches, queue quotas and webhooks (POST /batches) --------------------------------------------------
+    max_batch_jobs: int = Field(500, ge=1, description="Jobs in one batch (POST /batches)")
+    max_batch_body_bytes: int = Field(
+        4 * 1024**2, gt=0, description="Largest POST /batches body, in bytes (413 beyond it)")
+    max_queued_jobs_per_org: int = Field(
+        1000, ge=1, description="Queued jobs one organization may have at once; a submission beyond it answers 429 "
+                                "with Retry-After")
+    queue_retry_after_seconds: int = Field(30, ge=1, description="Retry-After of a 429 for a full queue, in seconds")
+    webhook_allowed_networks: str = Field(
+        "", description="Comma-separated networks (CIDR) a webhook target may resolve to besides public addresses: "
+                        "private, loopback, link-local and reserved addresses are refused unless listed here "
+                        "(e.g. 10.0.0.0/8,127.0.0.1/32)")
+    webhook_dispatcher: bool = Field(
+        True, description="Each API process runs the webhook dispatcher (notices ended batches, sends deliveries)")
+    webhook_poll_seconds: float = Field(1.0, gt=0, description="How often the webhook dispatcher looks for work")
+    webhook_timeout_seconds: float = Field(5.0, gt=0, description="Time limit of one webhook attempt, in seconds")
+    webhook_max_attempts: int = Field(6, ge=1, description="Attempts of a webhook delivery before it is marked failed")
+    webhook_retry_seconds: float = Field(
+        10.0, ge=0, description="Wait before a webhook's second attempt; doubles per attempt")
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        import ipaddress
+
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            ipaddress.ip_network(part, strict=False)  # a ValueError names the bad entry
+        return value
 
     def caps(self):
         """The caps on job parameters (:class:`app.methods.params.Caps`)."""

@@ -9,9 +9,13 @@ transition writes a ``JobEvent`` (kind ``state``) in the same transaction and on
   :func:`fail_job`, :func:`mark_cancelled`, :func:`requeue_job` (a worker, about its own claims);
 - :func:`reap_expired` (any worker: jobs whose worker died).
 
-Claiming: Postgres takes the oldest claimable row with ``SELECT ... FOR UPDATE SKIP LOCKED`` (racing workers
-skip each other's row); SQLite runs the same statements inside ``BEGIN IMMEDIATE`` (one writer at a time). A slot
-kept for short jobs claims only jobs of the ``short`` lane.
+Claiming is fair across organizations: among the organizations with a claimable job, the one with the fewest
+running jobs goes first, then the one whose last claim is oldest (``OrgSchedule``; never served: first), then the
+one whose oldest claimable job is oldest; within an organization, oldest job first. So one organization's
+500-job batch and another's single job interleave instead of running in submission order. Postgres takes the
+chosen row with ``SELECT ... FOR UPDATE SKIP LOCKED`` (racing workers skip each other's row and try the next
+organization); SQLite runs the same statements inside ``BEGIN IMMEDIATE`` (one writer at a time). A slot kept
+for short jobs claims only jobs of the ``short`` lane.
 
 Fencing: a running job belongs to the (``worker_id``, ``attempts``) pair that claimed it. Every write a worker
 makes to a running job (lease renewal, progress, checkpoint, result) is conditional on that pair, so a worker
@@ -26,11 +30,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
-from app.db.models import FINISHED_STATES, Job, JobCheckpoint, JobEvent, JobResult, JobStatus, PointValue
+from app.db.models import (
+    FINISHED_STATES,
+    Job,
+    JobCheckpoint,
+    JobEvent,
+    JobResult,
+    JobStatus,
+    OrgSchedule,
+    PointValue,
+)
 from app.db.session import transaction
 
 log = logging.getLogger("app.worker")
@@ -138,20 +151,26 @@ def request_cancel(session: Session, job: Job) -> str:
 
 def claim_job(factory: Factory, worker_id: str, lease_seconds: float, *, lanes: Sequence[str] | None = None,
               now: datetime | None = None) -> Claim | None:
-    """Take the oldest queued job whose ``not_before`` has passed (and no cancel was asked for), of one of
-    ``lanes`` (None: any): it becomes ``running`` with ``attempts + 1``, this worker's id and a lease of
-    ``lease_seconds``. None if there is none."""
+    """Take a queued job whose ``not_before`` has passed (and no cancel was asked for), of one of ``lanes``
+    (None: any), fairly across organizations (see the module's docstring): it becomes ``running`` with
+    ``attempts + 1``, this worker's id and a lease of ``lease_seconds``. None if there is none."""
     with transaction(factory, immediate=True) as session:
         now = now or utcnow()
-        stmt = select(Job).where(Job.status == S.QUEUED, Job.not_before <= now, Job.cancel_requested.is_(False))
+        claimable = [Job.status == S.QUEUED, Job.not_before <= now, Job.cancel_requested.is_(False)]
         if lanes is not None:
-            stmt = stmt.where(Job.lane.in_(list(lanes)))
-        stmt = stmt.order_by(Job.created_at, Job.id).limit(1)
-        if _is_postgres(session):
-            stmt = stmt.with_for_update(skip_locked=True, of=Job)
-        job = session.scalars(stmt).first()
+            claimable.append(Job.lane.in_(list(lanes)))
+        job = None
+        for org_id in [*_fair_order(session, claimable), None]:  # None: any organization (all candidates locked)
+            stmt = select(Job).where(*claimable, *([Job.org_id == org_id] if org_id is not None else []))
+            stmt = stmt.order_by(Job.created_at, Job.id).limit(1)
+            if _is_postgres(session):
+                stmt = stmt.with_for_update(skip_locked=True, of=Job)
+            job = session.scalars(stmt).first()
+            if job is not None:
+                break
         if job is None:
             return None
+        _served(session, job.org_id, now)
         job.status = S.RUNNING
         job.attempts = (job.attempts or 0) + 1
         job.worker_id = worker_id
@@ -163,6 +182,38 @@ def claim_job(factory: Factory, worker_id: str, lease_seconds: float, *, lanes: 
         claim = Claim(job.id, job.method, job.attempts, job.max_attempts, worker_id, job.lane)
     log_state(claim.job_id, S.RUNNING, attempt=claim.attempt, method=claim.method, worker=worker_id)
     return claim
+
+
+#: organizations tried in fair order before falling back to the oldest claimable job of any (Postgres: when
+#: racing workers hold the candidates' rows)
+FAIR_CANDIDATES = 8
+
+
+def _fair_order(session: Session, claimable: list) -> list[str]:
+    """Organizations with a claimable job, in claiming order: fewest running jobs, then least recently served
+    (never served first), then oldest claimable job."""
+    due = (select(Job.org_id.label("org_id"), func.min(Job.created_at).label("oldest"))
+           .where(*claimable).group_by(Job.org_id).subquery())
+    running = (select(Job.org_id.label("org_id"), func.count().label("n"))
+               .where(Job.status == S.RUNNING).group_by(Job.org_id).subquery())
+    stmt = (select(due.c.org_id)
+            .outerjoin(running, running.c.org_id == due.c.org_id)
+            .outerjoin(OrgSchedule, OrgSchedule.org_id == due.c.org_id)
+            .order_by(func.coalesce(running.c.n, 0), OrgSchedule.last_claim_at.asc().nulls_first(), due.c.oldest,
+                      due.c.org_id)
+            .limit(FAIR_CANDIDATES))
+    return list(session.scalars(stmt).all())
+
+
+def _served(session: Session, org_id: str, now: datetime) -> None:
+    """Record that ``org_id`` was just served (an upsert: one row per organization)."""
+    if _is_postgres(session):
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    stmt = upsert(OrgSchedule).values(org_id=org_id, last_claim_at=now)
+    session.execute(stmt.on_conflict_do_update(index_elements=[OrgSchedule.org_id],
+                                               set_={"last_claim_at": stmt.excluded.last_claim_at}))
 
 
 def renew_lease(factory: Factory, claim: Claim, lease_seconds: float) -> LeaseState:

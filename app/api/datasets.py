@@ -116,9 +116,12 @@ async def create_dataset(request: Request, caller: CallerDep, session: SessionDe
 
 @router.get("/datasets", operation_id="list_datasets", responses=responses(401, 422))
 def list_datasets(caller: CallerDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Offset = 0) -> DatasetPage:
+                  offset: Offset = 0,
+                  sha256: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$", description=(
+                      "Only datasets whose file has this SHA-256 (a client checks whether it uploaded it already)"))]
+                  = None) -> DatasetPage:
     """The caller's datasets, newest first."""
-    rows, total = service.list_datasets(session, caller, limit=limit, offset=offset)
+    rows, total = service.list_datasets(session, caller, limit=limit, offset=offset, sha256=sha256)
     return DatasetPage(items=[DatasetOut.of(r) for r in rows], total=total, limit=limit, offset=offset)
 
 

@@ -112,7 +112,8 @@ def _location(job_id: str) -> str:
     return f"/api/v1/jobs/{job_id}"
 
 
-@router.post("/jobs", operation_id="create_job", status_code=202, responses=responses(401, 403, 404, 409, 422))
+@router.post("/jobs", operation_id="create_job", status_code=202,
+             responses=responses(401, 403, 404, 409, 422, 429))
 def create_job(
     body: JobCreate,
     response: Response,

@@ -68,6 +68,11 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
 
         app.state.on_start.append(start_embedded)
         app.state.on_stop.append(stop_embedded)
+    if settings.webhook_dispatcher:
+        from app.services.webhooks import start_dispatcher, stop_dispatcher
+
+        app.state.on_start.append(start_dispatcher)
+        app.state.on_stop.append(stop_dispatcher)
     app.state.metrics = observability.Metrics(app.state.sessions)
     app.add_middleware(observability.RequestContext, metrics=app.state.metrics)
     problems.install(app)
@@ -84,10 +89,10 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
 
 def _api_routers() -> list:
     """The resource routers (each domain adds its own here)."""
-    from app.api import datasets, jobs, keys, listings, me, methods, resumable, shares
+    from app.api import batches, datasets, jobs, keys, listings, me, methods, resumable, shares
 
     return [me.router, methods.router, datasets.router, resumable.router, listings.router, jobs.router,
-            shares.router, keys.router]
+            shares.router, batches.router, keys.router]
 
 
 def _offline_docs(app: FastAPI, settings: Settings) -> None:

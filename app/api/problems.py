@@ -43,14 +43,14 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
-           413: "Payload too large", 415: "Unsupported media type", 422: "Invalid request",
+           413: "Payload too large", 415: "Unsupported media type", 422: "Invalid request", 429: "Too many requests",
            503: "Service unavailable"}
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else getattr(exc, "headers", None)
         return problem(exc.status, exc.title, exc.detail, type_=exc.type, instance=request.url.path,
                        headers=headers, **exc.extra)
 

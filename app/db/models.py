@@ -351,3 +351,86 @@ class DictionaryEntry(Base):
     type: Mapped[str | None] = mapped_column(String(40))
     unit: Mapped[str | None] = mapped_column(String(100))
     description: Mapped[str | None] = mapped_column(Text)
+
+
+# --- batches, fair claiming and webhooks (app.services.batches, app.queue, app.services.webhooks) ---------------
+
+
+class Batch(IdMixin, Base):
+    """Jobs submitted together (``POST /batches``): created in one transaction, watched and cancelled as one. A
+    batch has no status column: it is its jobs' (``app.services.batches``). ``ended_at`` is set once every job
+    ended, by the webhook dispatcher's sweep, which then queues the batch's ``batch.finished`` delivery."""
+
+    __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("org_id", "idempotency_key"),)
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    #: ``Idempotency-Key`` of the POST that made it and the hash of that request's body
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    ended_at: Mapped[datetime | None]
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    #: the HMAC key of the webhook's signatures: never returned by the API nor logged
+    webhook_secret: Mapped[str | None] = mapped_column(String(512))
+    webhook_job_events: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class BatchJob(Base):
+    """A job of a batch, in the order given, with its sellers as the batch named them (listing or dataset)."""
+
+    __tablename__ = "batch_jobs"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    #: ``[{"dataset_id": ..., "listing_id": ... or None}]`` in the job's seller order
+    sellers: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class OrgSchedule(Base):
+    """When each organization last had a job claimed: fair claiming serves the organization served longest ago
+    first (among those with the fewest running jobs), so one organization's big batch cannot starve another's."""
+
+    __tablename__ = "org_schedule"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    last_claim_at: Mapped[datetime]
+
+
+class WebhookDelivery(IdMixin, Base):
+    """One webhook notification (a batch's end, or a job's): its body is fixed when it is queued, so every retry
+    sends the same bytes (each attempt signs them with a fresh timestamp). ``status``: pending → delivered |
+    failed (attempts exhausted) | refused (the target is not allowed)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("batch_id", "event", "subject_id"),
+                      Index("ix_webhook_deliveries_due", "status", "next_attempt_at"))
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))  # batch.finished | job.finished
+    #: the batch's id (batch.finished) or the job's (job.finished)
+    subject_id: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2000))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookAttempt(Base):
+    """One try of a delivery: when, how long, the HTTP status or the error."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

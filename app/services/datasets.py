@@ -204,9 +204,13 @@ def get_dataset(session: Session, caller: Caller, dataset_id: str) -> Dataset:
     return row
 
 
-def list_datasets(session: Session, caller: Caller, *, limit: int = 50, offset: int = 0) -> tuple[list[Dataset], int]:
-    """The caller's datasets, newest first, and how many there are in all."""
+def list_datasets(session: Session, caller: Caller, *, limit: int = 50, offset: int = 0,
+                  sha256: str | None = None) -> tuple[list[Dataset], int]:
+    """The caller's datasets (only those whose file has ``sha256``, if given), newest first, and how many there
+    are in all."""
     mine = Dataset.org_id == caller.org_id
+    if sha256 is not None:
+        mine = mine & (Dataset.sha256 == sha256)
     total = session.scalar(select(func.count()).select_from(Dataset).where(mine)) or 0
     rows = session.scalars(
         select(Dataset).where(mine).order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset)

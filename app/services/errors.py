@@ -42,3 +42,13 @@ class UnsupportedMediaType(ServiceError):
 
 class Invalid(ServiceError):
     status, type, title = 422, "/problems/invalid", "Invalid request"
+
+
+class TooManyRequests(ServiceError):
+    """A quota is full; ``Retry-After`` (seconds) says when to try again."""
+
+    status, type, title = 429, "/problems/too-many-requests", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.headers = {"Retry-After": str(int(retry_after))}

@@ -39,7 +39,7 @@ from app.db.models import (
 )
 from app.db.session import begin_write
 from app.methods import METHODS, Caps, Method, Params, ParamsError
-from app.services.errors import Conflict, Invalid, NotFound
+from app.services.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.services.keys import Caller
 from app.services.listings import dataset_visible_for_valuation
 
@@ -68,10 +68,14 @@ class Limits:
 
     caps: Caps
     max_sellers: int = 100
+    #: queued jobs one organization may have (None: no cap); a submission beyond it is a 429
+    max_queued: int | None = None
+    retry_after: int = 30
 
     @classmethod
     def from_settings(cls, settings) -> Limits:
-        return cls(caps=settings.caps(), max_sellers=settings.max_sellers)
+        return cls(caps=settings.caps(), max_sellers=settings.max_sellers,
+                   max_queued=settings.max_queued_jobs_per_org, retry_after=settings.queue_retry_after_seconds)
 
 
 def _not_found_dataset(dataset_id: str) -> NotFound:
@@ -210,13 +214,10 @@ def submit_job(session: Session, caller: Caller, req: JobRequest, *, limits: Lim
         earlier = _replay(session, caller, idempotency_key, req)
         if earlier is not None:
             return earlier, False
-    method, params = validate_request(session, caller, req, limits or Limits(caps=Caps()))
-    job = Job(org_id=caller.org_id, method=req.method, params=req.params,
-              resolved_params=params.model_dump(mode="json"), lane=method.lane(params).value,
-              max_attempts=max_attempts)
-    job.buyer_dataset_id = req.buyer_dataset_id
-    job.seller_dataset_ids = list(req.seller_dataset_ids)
-    job.base_dataset_id = getattr(params, "base_dataset_id", None)
+    limits = limits or Limits(caps=Caps())
+    method, params = validate_request(session, caller, req, limits)
+    check_queue_quota(session, caller, 1, limits)
+    job = build_job(caller, req, method, params, max_attempts=max_attempts)
     if idempotency_key is None:
         return queue.enqueue(session, job), True
     try:
@@ -231,6 +232,31 @@ def submit_job(session: Session, caller: Caller, req: JobRequest, *, limits: Lim
             raise Conflict("a request with this Idempotency-Key is in progress; retry") from None
         return earlier, False
     return job, True
+
+
+def build_job(caller: Caller, req: JobRequest, method: Method, params: Params, *, max_attempts: int = 3) -> Job:
+    """The row of a job that passed :func:`validate_request` (not yet added: :func:`queue.enqueue` does that)."""
+    job = Job(org_id=caller.org_id, method=req.method, params=req.params,
+              resolved_params=params.model_dump(mode="json"), lane=method.lane(params).value,
+              max_attempts=max_attempts)
+    job.buyer_dataset_id = req.buyer_dataset_id
+    job.seller_dataset_ids = list(req.seller_dataset_ids)
+    job.base_dataset_id = getattr(params, "base_dataset_id", None)
+    return job
+
+
+def check_queue_quota(session: Session, caller: Caller, adding: int, limits: Limits) -> None:
+    """:class:`TooManyRequests` (429 with ``Retry-After``) when ``adding`` more jobs would put the caller's
+    organization over its cap on queued jobs."""
+    if limits.max_queued is None:
+        return
+    queued = session.scalar(select(func.count()).select_from(Job).where(
+        Job.org_id == caller.org_id, Job.status == JobStatus.QUEUED)) or 0
+    if queued + adding > limits.max_queued:
+        raise TooManyRequests(
+            f"your organization has {queued} queued jobs; this server queues at most {limits.max_queued} per "
+            f"organization (APPRAISE_MAX_QUEUED_JOBS_PER_ORG), so {adding} more do not fit; retry once some have "
+            "started", retry_after=limits.retry_after, queued=queued, max_queued=limits.max_queued)
 
 
 def _replay(session: Session, caller: Caller, key: str, req: JobRequest) -> Job | None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from app.db.base import new_id, utcnow
-from app.db.models import ApiKey, Dataset, Job, JobResult, Listing, PointValue, Share, Upload
+from app.db.models import ApiKey, Batch, BatchJob, Dataset, Job, JobResult, Listing, PointValue, Share, Upload
 from app.db.session import make_engine, session_factory, transaction
 
 PROBLEM = "application/problem+json"
@@ -56,10 +56,12 @@ def owned(settings, make_org):
         upload = Upload(id=new_id(), org_id=a.id, length=10, offset=0, metadata_={}, temp_name="tus-x.part",
                         expires_at=utcnow() + timedelta(hours=1))
         key = ApiKey(org_id=a.id, prefix="feedbeef0000", key_hash="0" * 64)
-        s.add_all([upload, key])
+        batch = Batch(org_id=a.id, name="b")
+        s.add_all([upload, key, batch])
         s.flush()
+        s.add(BatchJob(batch_id=batch.id, position=0, job_id=job.id, sellers=[{"dataset_id": ds.id}]))
         ids = {"dataset_id": ds.id, "listing_id": listing.id, "job_id": job.id, "share_id": share.id,
-               "upload_id": upload.id, "key_id": key.id}
+               "upload_id": upload.id, "key_id": key.id, "batch_id": batch.id}
     engine.dispose()
     return a, b, ids
 
@@ -87,3 +89,4 @@ def test_another_organizations_resources_are_404(client, app, owned):
     assert client.get(f"/api/v1/jobs/{ids['job_id']}", headers=a.headers).status_code == 200
     assert client.get(f"/api/v1/listings/{ids['listing_id']}", headers=a.headers).status_code == 200
     assert client.get(f"/api/v1/shares/{ids['share_id']}", headers=a.headers).status_code == 200
+    assert client.get(f"/api/v1/batches/{ids['batch_id']}", headers=a.headers).status_code == 200
