@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, _CLICK_ERRORS):  # usage errors: click prints its own one-line message
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, _CLICK_ABORT):
+        if isinstance(exc, _CLICK_ABORT):  # click turns Ctrl-C into Abort: still the shell's 130
+            if isinstance(exc.__cause__, KeyboardInterrupt | EOFError):
+                stderr.print("interrupted")
+                sys.exit(130)
             sys.exit(1)
         if _debug:
             raise

@@ -42,3 +42,24 @@ def test_an_unnamed_label_column_is_warned_about(tmp_path, capsys):
     assert "'target' holds two values and looks like a label" in err and "--label-column target" in err
     code, out, err = run(["validate", str(path), "--label-column", "target"], capsys)
     assert code == 0 and "label column 'target'" in out and "warning" not in err
+
+
+def test_ctrl_c_exits_130_with_one_line(capfd):
+    """Under ``standalone_mode=False`` typer answers a KeyboardInterrupt with a returned 130 (not raised): main()
+    must still exit with it, without a traceback."""
+    import pytest
+
+    from app.cli import app, main
+
+    @app.command("interrupt-me", hidden=True)
+    def interrupt_me() -> None:
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(["interrupt-me"])
+    finally:
+        app.registered_commands.pop()
+    assert stopped.value.code == 130
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
