@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     worker_device: str = Field("cpu", description="Device of the embedded worker (cpu or cuda:N)")
     worker_concurrency: int = Field(1, ge=1, description="Jobs one worker runs at once (one child process each)")
     worker_warm_spare: bool = Field(True, description="Keep one job process started ahead (imports done)")
+    worker_start_method: Literal["forkserver", "spawn"] = Field(
+        "forkserver", description="How job processes start: forkserver (forked from a process that imported "
+        "torch, POT and torch_geometric once: ~30 ms) or spawn (a fresh interpreter each: seconds)")
     max_upload_bytes: int = Field(2 * GiB, gt=0, description="Largest upload accepted, in bytes")
     lease_seconds: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeats")
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its jobs' leases")

@@ -160,13 +160,19 @@ def child_main(config: WorkerConfig, claim: Claim, conn) -> None:
         conn.close()
 
 
+#: what a job process imports before its job: torch and the Shapley engine, relevance-diversity, POT and
+#: torch_geometric, the runner. The fork server loads them once (``forkserver`` start method); a spare, each time.
+PRELOAD = ("app.methods.montecarlo", "app.valuation.relevance_diversity", "app.valuation.structural",
+           "app.worker.runner")
+
+
 def spare_main(config: WorkerConfig, claims, conn) -> None:
     """Entry point of a warm spare: do the heavy imports now, then wait for a claim (None: exit) and run it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import app.methods.montecarlo  # noqa: F401 - torch and the Shapley engine
-    import app.valuation.relevance_diversity  # noqa: F401
-    import app.valuation.structural  # noqa: F401 - POT and torch_geometric
-    import app.worker.runner  # noqa: F401
+    import importlib
+
+    for module in PRELOAD:  # already loaded when forked from the preloaded fork server
+        importlib.import_module(module)
 
     try:
         claim = claims.recv()
