@@ -7,6 +7,7 @@ their variance to cancellation (the textbook "shifted data" algorithm).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -120,3 +121,243 @@ def accumulate_projected(
         acc.addmm_(z.T, z @ directions)
         count += z.shape[0]
     return acc, count
+
+
+# --- replicate groups: what each party keeps so that its bootstrap replicates need no second look at a row ------
+#
+# Every row goes to one of G groups by a hash of its position in the table (public and seeded, so the grouping
+# does not depend on how the rows are cut into blocks). A party keeps the count, the shifted sum and (where it
+# fits) the scatter matrix of each group: exactly the sums it needs anyway, split G ways, so a pass costs the same
+# arithmetic as before. A bootstrap replicate re-weights whole groups with independent Exp(1) weights (the
+# Bayesian bootstrap of Rubin, 1981, on G groups of rows), so any statistic of the weighted moments is recomputed
+# from the group sums alone. With n ≤ G rows most groups hold one row and this is the row-level bootstrap.
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK = 2**64 - 1
+
+
+def group_of(start: int, rows: int, groups: int, seed: int) -> np.ndarray:
+    """Groups of the rows at positions ``start .. start+rows-1``: splitmix64(position, seed) mod ``groups``."""
+    if groups <= 1:
+        return np.zeros(rows, dtype=np.int64)
+    offset = np.uint64(((seed & _MASK) * _GOLDEN + _GOLDEN) & _MASK)
+    z = np.arange(start, start + rows, dtype=np.uint64) * np.uint64(_GOLDEN) + offset
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(groups)).astype(np.int64)
+
+
+def _by_group(z: torch.Tensor, ids: torch.Tensor, groups: int) -> list[tuple[int, torch.Tensor]]:
+    """The rows of ``z`` split by group id: one gather, then contiguous slices."""
+    order = torch.argsort(ids, stable=True)
+    counts = torch.bincount(ids, minlength=groups).tolist()
+    zs = z[order]
+    out, at = [], 0
+    for g, c in enumerate(counts):
+        if c:
+            out.append((g, zs[at : at + c]))
+            at += c
+    return out
+
+
+@dataclass
+class GroupedMoments:
+    """Per-group count, shifted sum and sum of squares (and scatter matrices) of a stream of rows.
+
+    ``grams`` holds one d×d scatter matrix per group when they fit the budget given to
+    :func:`accumulate_grouped`; otherwise ``gram`` holds the single total (or neither, when none was asked for).
+    """
+
+    counts: torch.Tensor  # (G,) float64
+    shift: torch.Tensor  # (d,)
+    sums: torch.Tensor  # (G, d)  Σ (x - shift) per group
+    sumsq: torch.Tensor  # (G, d)  Σ (x - shift)² per group
+    grams: torch.Tensor | None  # (G, d, d)
+    gram: torch.Tensor | None = None  # (d, d) total, when per-group matrices did not fit
+
+    @property
+    def groups(self) -> int:
+        return int(self.counts.shape[0])
+
+    def total(self) -> Moments:
+        gram = self.grams.sum(dim=0) if self.grams is not None else self.gram
+        return Moments(int(round(float(self.counts.sum()))), self.shift, self.sums.sum(dim=0),
+                       self.sumsq.sum(dim=0), gram)
+
+
+def accumulate_grouped(
+    blocks: Iterable[np.ndarray | torch.Tensor],
+    device: torch.device | str = "cpu",
+    *,
+    groups: int,
+    seed: int,
+    gram_bytes: int | None = None,
+) -> GroupedMoments:
+    """One pass → :class:`GroupedMoments`. ``gram_bytes``: ``None`` keeps no scatter matrix; otherwise one per
+    group if ``groups·d²·8 ≤ gram_bytes`` (decided on the first block, when d is known), else only the total."""
+    device = torch.device(device)
+    gm: GroupedMoments | None = None
+    start = 0
+    for raw in blocks:
+        x = as_block(raw, device)
+        if x.shape[0] == 0:
+            continue
+        if gm is None:
+            d = x.shape[1]
+            per_group = gram_bytes is not None and groups * d * d * 8 <= gram_bytes
+            zeros = torch.zeros((groups, d), dtype=torch.float64, device=device)
+            gm = GroupedMoments(
+                counts=torch.zeros(groups, dtype=torch.float64, device=device),
+                shift=x.mean(dim=0),
+                sums=zeros,
+                sumsq=zeros.clone(),
+                grams=torch.zeros((groups, d, d), dtype=torch.float64, device=device) if per_group else None,
+                gram=torch.zeros((d, d), dtype=torch.float64, device=device)
+                if gram_bytes is not None and not per_group else None,
+            )
+        z = x - gm.shift
+        ids = torch.from_numpy(group_of(start, z.shape[0], groups, seed)).to(device)
+        start += z.shape[0]
+        gm.counts.index_add_(0, ids, torch.ones(z.shape[0], dtype=torch.float64, device=device))
+        gm.sums.index_add_(0, ids, z)
+        gm.sumsq.index_add_(0, ids, z * z)
+        if gm.grams is not None:
+            for g, zg in _by_group(z, ids, groups):
+                gm.grams[g].addmm_(zg.T, zg)
+        elif gm.gram is not None:
+            gm.gram.addmm_(z.T, z)
+    if gm is None:
+        raise ValuationError("no rows")
+    return gm
+
+
+@dataclass
+class ProjectedGroups:
+    """Per group: Σ z (zᵀV), Σ z and the count, for rows z = (x − c)/s projected on directions V."""
+
+    acc: torch.Tensor  # (G, d, m)
+    sums: torch.Tensor  # (G, d)
+    counts: torch.Tensor  # (G,)
+
+    @property
+    def count(self) -> int:
+        return int(round(float(self.counts.sum())))
+
+
+def accumulate_projected_grouped(
+    blocks: Iterable[np.ndarray | torch.Tensor],
+    center: torch.Tensor,
+    scale: torch.Tensor,
+    directions: torch.Tensor,
+    *,
+    groups: int,
+    seed: int,
+) -> ProjectedGroups:
+    """:func:`accumulate_projected` split into replicate groups: the same two thin products per block."""
+    device = directions.device
+    d, m = directions.shape
+    out = ProjectedGroups(torch.zeros((groups, d, m), dtype=torch.float64, device=device),
+                          torch.zeros((groups, d), dtype=torch.float64, device=device),
+                          torch.zeros(groups, dtype=torch.float64, device=device))
+    start = 0
+    for raw in blocks:
+        z = (as_block(raw, device) - center) / scale
+        if z.shape[0] == 0:
+            continue
+        ids = torch.from_numpy(group_of(start, z.shape[0], groups, seed)).to(device)
+        start += z.shape[0]
+        out.counts.index_add_(0, ids, torch.ones(z.shape[0], dtype=torch.float64, device=device))
+        out.sums.index_add_(0, ids, z)
+        p = z @ directions
+        order = torch.argsort(ids, stable=True)
+        counts = torch.bincount(ids, minlength=groups).tolist()
+        zs, ps, at = z[order], p[order], 0
+        for g, c in enumerate(counts):
+            if c:
+                out.acc[g].addmm_(zs[at : at + c].T, ps[at : at + c])
+                at += c
+    return out
+
+
+def replicate_weights(replicates: int, groups: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(replicates, groups) independent Exp(1) weights: the Bayesian bootstrap over groups."""
+    w = np.random.default_rng(seed).standard_exponential((replicates, groups))
+    return torch.from_numpy(w).to(device=device, dtype=torch.float64)
+
+
+def digest_seed(seed: int, *arrays: torch.Tensor) -> int:
+    """A seed from ``seed`` and a party's own sums (rounded to float32, so block sizes do not change it).
+
+    Bootstrap weights seeded this way are reproducible by the party, which has its data, and unknown to the
+    broker, which has not: the broker cannot undo the re-weighting to recover group-level statistics.
+    """
+    h = hashlib.sha256(str(int(seed)).encode())
+    for a in arrays:
+        h.update(a.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little")
+
+
+def _chunks(replicates: int, per_replicate_bytes: int, budget: int = 64 * 2**20) -> Iterable[slice]:
+    step = max(1, budget // max(per_replicate_bytes, 1))
+    for i in range(0, replicates, step):
+        yield slice(i, min(i + step, replicates))
+
+
+def replicate_norms(
+    gm: GroupedMoments,
+    weights: torch.Tensor,
+    directions: torch.Tensor,
+    mode: str,
+    center: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""‖Σ*_b vⱼ‖ for every replicate b (rows of ``weights``) and direction vⱼ, from per-group scatter matrices.
+
+    Σ*_b is the party's preprocessed second-moment matrix under the group weights, recomputed in full: with
+    ``mode`` ``own`` the replicate's own mean and standard deviations (constant columns scale 1), ``none`` its
+    mean only, ``known`` the fixed ``center``/``scale`` (the buyer's, in ``buyer`` scaling). Returns (B, m).
+    """
+    if gm.grams is None:
+        raise ValuationError("replicate_norms needs per-group scatter matrices")
+    d = gm.shift.shape[0]
+    out = []
+    for part in _chunks(weights.shape[0], d * d * 8 * 2):
+        w = weights[part]
+        n = w @ gm.counts  # (c,)
+        m = (w @ gm.sums) / n[:, None]  # replicate mean of x − shift
+        cov = torch.einsum("cg,gij->cij", w, gm.grams) / n[:, None, None] - m[:, :, None] * m[:, None, :]
+        if mode == "known":
+            delta = m - (center - gm.shift)
+            cov = cov + delta[:, :, None] * delta[:, None, :]
+            s = scale.expand(w.shape[0], d)
+        elif mode == "own":
+            std = torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0.0).sqrt()
+            const = (std == 0) | (std <= CONSTANT_RTOL * (gm.shift + m).abs())
+            s = torch.where(const, torch.ones_like(std), std)
+        else:
+            s = torch.ones((w.shape[0], d), dtype=torch.float64, device=cov.device)
+        applied = torch.bmm(cov, directions.unsqueeze(0) / s[:, :, None]) / s[:, :, None]
+        out.append(torch.linalg.vector_norm(applied, dim=1))
+    return torch.cat(out)
+
+
+def replicate_norms_projected(
+    pg: ProjectedGroups, weights: torch.Tensor, directions: torch.Tensor, centred: bool
+) -> torch.Tensor:
+    """‖Σ*_b vⱼ‖ from per-group projections (rows already centred and scaled by the full-sample statistics).
+
+    ``centred``: the second moment is about each replicate's own mean (``own``/``none``), else about the fixed
+    centre. The column scales stay those of the full sample (a first-order approximation for ``own`` scaling).
+    """
+    d, mdir = directions.shape
+    out = []
+    for part in _chunks(weights.shape[0], d * mdir * 8 * 2):
+        w = weights[part]
+        n = w @ pg.counts
+        a = torch.einsum("cg,gdm->cdm", w, pg.acc) / n[:, None, None]
+        if centred:
+            mz = (w @ pg.sums) / n[:, None]
+            a = a - mz[:, :, None] * (mz @ directions)[:, None, :]
+        out.append(torch.linalg.vector_norm(a, dim=1))
+    return torch.cat(out)
