@@ -53,7 +53,9 @@ from app.valuation.moments import (
     accumulate_projected_grouped,
     digest_seed,
     replicate_norms,
-    replicate_norms_projected,
+    replicate_products,
+    replicate_products_projected,
+    replicate_ritz,
     replicate_weights,
 )
 
@@ -74,6 +76,9 @@ DEFAULT_GROUPS = 64
 MIN_GROUPS = 8
 REPLICATE_MEMORY = 512 * 2**20
 CONFIDENCE = 0.95
+# A component counts as resolved (its sign of log(λ̂/λ) known) when its own basic interval at this level excludes 0:
+# stricter than the reported level, so that a component the seller matches is rarely taken for one it does not.
+RESOLVE_LEVEL = 0.99
 # Rows go to groups by a fixed hash of their position (no party seed), so the order in which a party's sums are
 # added up, and so every point estimate to the last bit, is the same whatever the seed.
 GROUP_HASH_SEED = 0
@@ -297,12 +302,13 @@ def buyer_share(
     if replicates and k:
         if gm.grams is not None:
             weights = replicate_weights(replicates, gm.groups, _seed_of(seed, gm), device)
-            lam_rep = replicate_norms(gm, weights, real, "none" if scaling == "none" else "own")
+            lam_rep = replicate_ritz(replicate_products(gm, weights, real, "none" if scaling == "none" else "own"),
+                                     real)
         else:  # too wide for per-group scatter matrices: one more pass, projected on the k real directions
             g = _groups_fitting(groups, d * k * 8)
             pg = accumulate_projected_grouped(blocks(), center, scale, real, groups=g, seed=GROUP_HASH_SEED)
             weights = replicate_weights(replicates, g, digest_seed(seed, pg.counts, pg.sums), device)
-            lam_rep = replicate_norms_projected(pg, weights, real, centred=True)
+            lam_rep = replicate_ritz(replicate_products_projected(pg, weights, real, centred=True), real)
             notes.append("the buyer's replicates hold its column scales fixed (too many features for per-group "
                          "scatter matrices)")
     private = BuyerPrivate(
@@ -356,7 +362,8 @@ def seller_share(
         n = moments.count
         if B:
             weights = replicate_weights(B, groups, _seed_of(seed, gm), device)
-            lam_rep = replicate_norms(gm, weights, v, "known" if known else request.scaling, center, scale)
+            lam_rep = replicate_norms(replicate_products(gm, weights, v, "known" if known else request.scaling,
+                                                         center, scale))
     else:
         if known:
             center, scale = request.center.to(device), request.scale.to(device)
@@ -370,7 +377,7 @@ def seller_share(
         lam_hat = torch.linalg.vector_norm(pg.acc.sum(dim=0) / n, dim=0)
         if B:
             weights = replicate_weights(B, g, digest_seed(seed, pg.counts, pg.sums), device)
-            lam_rep = replicate_norms_projected(pg, weights, v, centred=not known)
+            lam_rep = replicate_norms(replicate_products_projected(pg, weights, v, centred=not known))
     if not known and request.scaling == "own":
         constant = torch.nonzero(moments.constant_columns()).flatten().tolist()
     return SellerShare(
@@ -426,6 +433,14 @@ def log_ratios(lam: torch.Tensor, lam_hat: torch.Tensor, floor: float) -> torch.
     return torch.where((lam_hat - lam).abs() <= floor, torch.zeros_like(x), x)
 
 
+def reflect(lam: torch.Tensor, lam_rep: torch.Tensor) -> torch.Tensor:
+    """Basic-bootstrap draws of a population value from replicates, reflected in log space about the estimate:
+    log λ − (log λ*_b − log λ) (kept at least LOG_CLAMP times the largest estimate)."""
+    lam = lam.to(torch.float64)
+    floor = LOG_CLAMP * float(lam.max())
+    return torch.exp(2 * torch.log(lam.clamp_min(floor)) - torch.log(lam_rep.to(torch.float64).clamp_min(floor)))
+
+
 def _diversity(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Π (1 − e^{−tᵢ})^{ωᵢ} per row of ``t`` (B, k); exactly 0 where a positive-weight tᵢ is exactly 0."""
     f = -torch.expm1(-t)
@@ -464,13 +479,13 @@ def replicate_bounds(
     lam = lam.to(torch.float64)
     floor = NOISE_FLOOR * float(lam.max())
     x = log_ratios(lam, lam_hat.to(torch.float64), floor)  # (k,)
-    xs = log_ratios(lam_rep.to(torch.float64), lam_hat_rep.to(torch.float64), floor)  # (B, k)
-    a = (1.0 - confidence) / 2
-    q_lo, q_hi = torch.quantile(xs, a, dim=0), torch.quantile(xs, 1.0 - a, dim=0)
-    resolved = (x != 0) & ((2 * x - q_hi > 0) | (2 * x - q_lo < 0))
+    x_ref = log_ratios(reflect(lam, lam_rep), reflect(lam_hat, lam_hat_rep), floor)  # (B, k): draws of the true x
+    a = (1.0 - max(confidence, RESOLVE_LEVEL)) / 2
+    q_lo, q_hi = torch.quantile(x_ref, a, dim=0), torch.quantile(x_ref, 1.0 - a, dim=0)
+    resolved = (x != 0) & ((q_lo > 0) | (q_hi < 0))
     w = weights.to(torch.float64)
-    reflected = (2 * x - xs).abs()  # (B, k)
-    spread = (xs - x).abs()
+    reflected = x_ref.abs()  # (B, k)
+    spread = (x - x_ref).abs()  # draws of |x̂ − x|
     t = x.abs()
     res_sum = (w * torch.where(resolved, reflected, torch.zeros_like(reflected))).sum(dim=1)
     unres = (~resolved).to(torch.float64) * w
@@ -479,7 +494,7 @@ def replicate_bounds(
     r_hi = torch.exp(-tau_lo.clamp_min(0.0))
     r_lo = torch.exp(-tau_hi)
     if bool(((~resolved) & (w > 0)).any()):
-        d_lo = torch.zeros(xs.shape[0], dtype=torch.float64)
+        d_lo = torch.zeros(x_ref.shape[0], dtype=torch.float64)
     else:
         d_lo = _diversity(reflected, w)
     d_hi = _diversity(torch.where(resolved, reflected, t + spread), w)

@@ -8,7 +8,7 @@ their variance to cancellation (the textbook "shifted data" algorithm).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -304,24 +304,24 @@ def _chunks(replicates: int, per_replicate_bytes: int, budget: int = 64 * 2**20)
         yield slice(i, min(i + step, replicates))
 
 
-def replicate_norms(
+def replicate_products(
     gm: GroupedMoments,
     weights: torch.Tensor,
     directions: torch.Tensor,
     mode: str,
     center: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    r"""‖Σ*_b vⱼ‖ for every replicate b (rows of ``weights``) and direction vⱼ, from per-group scatter matrices.
+) -> Iterator[torch.Tensor]:
+    r"""Σ*_b V for the replicates b (rows of ``weights``), in chunks of shape (c, d, m), from per-group scatter
+    matrices.
 
     Σ*_b is the party's preprocessed second-moment matrix under the group weights, recomputed in full: with
     ``mode`` ``own`` the replicate's own mean and standard deviations (constant columns scale 1), ``none`` its
-    mean only, ``known`` the fixed ``center``/``scale`` (the buyer's, in ``buyer`` scaling). Returns (B, m).
+    mean only, ``known`` the fixed ``center``/``scale`` (the buyer's, in ``buyer`` scaling).
     """
     if gm.grams is None:
-        raise ValuationError("replicate_norms needs per-group scatter matrices")
+        raise ValuationError("replicate products need per-group scatter matrices")
     d = gm.shift.shape[0]
-    out = []
     for part in _chunks(weights.shape[0], d * d * 8 * 2):
         w = weights[part]
         n = w @ gm.counts  # (c,)
@@ -337,21 +337,18 @@ def replicate_norms(
             s = torch.where(const, torch.ones_like(std), std)
         else:
             s = torch.ones((w.shape[0], d), dtype=torch.float64, device=cov.device)
-        applied = torch.bmm(cov, directions.unsqueeze(0) / s[:, :, None]) / s[:, :, None]
-        out.append(torch.linalg.vector_norm(applied, dim=1))
-    return torch.cat(out)
+        yield torch.bmm(cov, directions.unsqueeze(0) / s[:, :, None]) / s[:, :, None]
 
 
-def replicate_norms_projected(
+def replicate_products_projected(
     pg: ProjectedGroups, weights: torch.Tensor, directions: torch.Tensor, centred: bool
-) -> torch.Tensor:
-    """‖Σ*_b vⱼ‖ from per-group projections (rows already centred and scaled by the full-sample statistics).
+) -> Iterator[torch.Tensor]:
+    """Σ*_b V in chunks from per-group projections (rows centred and scaled by the full-sample statistics).
 
     ``centred``: the second moment is about each replicate's own mean (``own``/``none``), else about the fixed
     centre. The column scales stay those of the full sample (a first-order approximation for ``own`` scaling).
     """
     d, mdir = directions.shape
-    out = []
     for part in _chunks(weights.shape[0], d * mdir * 8 * 2):
         w = weights[part]
         n = w @ pg.counts
@@ -359,5 +356,23 @@ def replicate_norms_projected(
         if centred:
             mz = (w @ pg.sums) / n[:, None]
             a = a - mz[:, :, None] * (mz @ directions)[:, None, :]
-        out.append(torch.linalg.vector_norm(a, dim=1))
+        yield a
+
+
+def replicate_norms(products: Iterable[torch.Tensor]) -> torch.Tensor:
+    """‖Σ*_b vⱼ‖ per replicate and direction: (B, m), the seller's replicates of λ̂."""
+    return torch.cat([torch.linalg.vector_norm(p, dim=1) for p in products])
+
+
+def replicate_ritz(products: Iterable[torch.Tensor], directions: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of Vᵀ Σ*_b V, descending, per replicate: (B, k), the buyer's replicates of its top-k spectrum.
+
+    With V the buyer's kept eigenvectors these are the Rayleigh–Ritz values of Σ*_b in the kept subspace: to
+    first order the replicate's i-th eigenvalue, including the upward (downward) bias a sample's largest
+    (smallest) eigenvalues get from picking its own eigenvectors.
+    """
+    out = []
+    for p in products:
+        ritz = torch.linalg.eigvalsh(directions.T.unsqueeze(0) @ p)
+        out.append(ritz.flip(-1))
     return torch.cat(out)
