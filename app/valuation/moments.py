@@ -148,11 +148,11 @@ def group_of(start: int, rows: int, groups: int, seed: int) -> np.ndarray:
     return (z % np.uint64(groups)).astype(np.int64)
 
 
-def _by_group(z: torch.Tensor, ids: torch.Tensor, groups: int) -> list[tuple[int, torch.Tensor]]:
+def _by_group(z: torch.Tensor, ids: np.ndarray, groups: int) -> list[tuple[int, torch.Tensor]]:
     """The rows of ``z`` split by group id: one gather, then contiguous slices."""
-    order = torch.argsort(ids, stable=True)
-    counts = torch.bincount(ids, minlength=groups).tolist()
-    zs = z[order]
+    order = torch.from_numpy(np.argsort(ids, kind="stable")).to(z.device)
+    counts = np.bincount(ids, minlength=groups).tolist()
+    zs = z.index_select(0, order)
     out, at = [], 0
     for g, c in enumerate(counts):
         if c:
@@ -217,18 +217,34 @@ def accumulate_grouped(
                 if gram_bytes is not None and not per_group else None,
             )
         z = x - gm.shift
-        ids = torch.from_numpy(group_of(start, z.shape[0], groups, seed)).to(device)
-        start += z.shape[0]
-        gm.counts.index_add_(0, ids, torch.ones(z.shape[0], dtype=torch.float64, device=device))
-        gm.sums.index_add_(0, ids, z)
-        gm.sumsq.index_add_(0, ids, z * z)
-        if gm.grams is not None:
+        rows = z.shape[0]
+        if groups == 1:
+            gm.counts += rows
+            gm.sums[0] += z.sum(dim=0)
+            if gm.grams is not None:
+                gm.grams[0].addmm_(z.T, z)
+            else:
+                gm.sumsq[0] += (z * z).sum(dim=0)
+                if gm.gram is not None:
+                    gm.gram.addmm_(z.T, z)
+            start += rows
+            continue
+        ids = group_of(start, rows, groups, seed)
+        start += rows
+        tids = torch.from_numpy(ids).to(device)
+        gm.counts += torch.from_numpy(np.bincount(ids, minlength=groups).astype(np.float64)).to(device)
+        gm.sums.index_add_(0, tids, z)
+        if gm.grams is not None:  # sums of squares are the diagonals, taken at the end
             for g, zg in _by_group(z, ids, groups):
                 gm.grams[g].addmm_(zg.T, zg)
-        elif gm.gram is not None:
-            gm.gram.addmm_(z.T, z)
+        else:
+            gm.sumsq.index_add_(0, tids, z * z)
+            if gm.gram is not None:
+                gm.gram.addmm_(z.T, z)
     if gm is None:
         raise ValuationError("no rows")
+    if gm.grams is not None:
+        gm.sumsq = torch.diagonal(gm.grams, dim1=1, dim2=2).clone()
     return gm
 
 
@@ -265,15 +281,14 @@ def accumulate_projected_grouped(
         z = (as_block(raw, device) - center) / scale
         if z.shape[0] == 0:
             continue
-        ids = torch.from_numpy(group_of(start, z.shape[0], groups, seed)).to(device)
+        ids = group_of(start, z.shape[0], groups, seed)
         start += z.shape[0]
-        out.counts.index_add_(0, ids, torch.ones(z.shape[0], dtype=torch.float64, device=device))
-        out.sums.index_add_(0, ids, z)
+        out.counts += torch.from_numpy(np.bincount(ids, minlength=groups).astype(np.float64)).to(device)
+        out.sums.index_add_(0, torch.from_numpy(ids).to(device), z)
         p = z @ directions
-        order = torch.argsort(ids, stable=True)
-        counts = torch.bincount(ids, minlength=groups).tolist()
-        zs, ps, at = z[order], p[order], 0
-        for g, c in enumerate(counts):
+        order = torch.from_numpy(np.argsort(ids, kind="stable")).to(device)
+        zs, ps, at = z.index_select(0, order), p.index_select(0, order), 0
+        for g, c in enumerate(np.bincount(ids, minlength=groups).tolist()):
             if c:
                 out.acc[g].addmm_(zs[at : at + c].T, ps[at : at + c])
                 at += c
@@ -373,6 +388,16 @@ def replicate_ritz(products: Iterable[torch.Tensor], directions: torch.Tensor) -
     """
     out = []
     for p in products:
-        ritz = torch.linalg.eigvalsh(directions.T.unsqueeze(0) @ p)
+        m = directions.T.unsqueeze(0) @ p
+        m = (m + m.transpose(1, 2)) / 2
+        # A batch of small eigenproblems is a loop of LAPACK calls: one thread does it fastest, and with two
+        # OpenMP threads on a busy 2-core machine it was 10× slower (process-wide while it runs, then restored).
+        before = torch.get_num_threads()
+        if m.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            ritz = torch.linalg.eigvalsh(m)
+        finally:
+            torch.set_num_threads(before)
         out.append(ritz.flip(-1))
     return torch.cat(out)

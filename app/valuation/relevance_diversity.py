@@ -39,6 +39,9 @@ from app.valuation.moments import Blocks
 from app.valuation.vendi import RowSample, vendi_score_streaming
 
 DEFAULT_ALPHA = 0.5
+# Below this many seller rows per kept component the intervals are flagged as approximate (coverage measured in
+# docs/relevance-diversity.md: ~90% at 10 rows per component, ≥ 95% from about 25).
+ROWS_PER_COMPONENT = 20
 Ranking = Literal["lower-bound", "point"]
 
 
@@ -145,6 +148,10 @@ def score_share(private: BuyerPrivate, share: SellerShare, options: Options) -> 
         result.too_small = True
         result.notes.append(f"too small to value: {share.n_rows:,} rows cannot estimate the buyer's {k} kept "
                             f"components (needs at least {k + 1}); intervals are [0, 1] and it ranks last")
+    elif share.n_rows < ROWS_PER_COMPONENT * k and scores.bounds is not None:
+        result.notes.append(f"few rows: {share.n_rows:,} for {k} kept components (fewer than "
+                            f"{ROWS_PER_COMPONENT} per component); the bootstrap tends to make intervals too narrow "
+                            "here, and λ̂ of small components is biased upwards")
     elif scores.bounds is None:
         result.notes.append("no intervals: the buyer's or the seller's share carries no bootstrap replicates "
                             "(or not the same number)")
