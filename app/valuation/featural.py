@@ -49,6 +49,7 @@ from app.valuation.moments import (
     Blocks,
     GroupedMoments,
     Moments,
+    ProjectedGroups,
     accumulate_grouped,
     accumulate_projected_grouped,
     digest_seed,
@@ -199,9 +200,15 @@ def _request_id(directions: torch.Tensor, seed: int) -> str:
     return h.hexdigest()[:32]
 
 
-def _seed_of(seed: int, gm: GroupedMoments) -> int:
-    """Replicate-weight seed from the party's per-group raw sums Σx (invariant to the block size)."""
-    return digest_seed(seed, gm.counts, gm.sums + gm.counts[:, None] * gm.shift)
+def _weights(replicates: int, groups: GroupedMoments | ProjectedGroups, seed: int, device: torch.device | str,
+             center: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Exp(1) group weights, seeded by ``seed`` and the party's per-group counts and raw sums Σx (the same on
+    either path and whatever the block size), so that only the party can reproduce them."""
+    if isinstance(groups, GroupedMoments):
+        raw = groups.sums + groups.counts[:, None] * groups.shift
+    else:
+        raw = groups.sums * scale + groups.counts[:, None] * center
+    return replicate_weights(replicates, groups.counts.shape[0], digest_seed(seed, groups.counts, raw), device)
 
 
 def _groups_fitting(groups: int, per_group_bytes: int) -> int:
@@ -301,13 +308,13 @@ def buyer_share(
     lam_rep = None
     if replicates and k:
         if gm.grams is not None:
-            weights = replicate_weights(replicates, gm.groups, _seed_of(seed, gm), device)
+            weights = _weights(replicates, gm, seed, device)
             lam_rep = replicate_ritz(replicate_products(gm, weights, real, "none" if scaling == "none" else "own"),
                                      real)
         else:  # too wide for per-group scatter matrices: one more pass, projected on the k real directions
             g = _groups_fitting(groups, d * k * 8)
             pg = accumulate_projected_grouped(blocks(), center, scale, real, groups=g, seed=GROUP_HASH_SEED)
-            weights = replicate_weights(replicates, g, digest_seed(seed, pg.counts, pg.sums), device)
+            weights = _weights(replicates, pg, seed, device, center, scale)
             lam_rep = replicate_ritz(replicate_products_projected(pg, weights, real, centred=True), real)
             notes.append("the buyer's replicates hold its column scales fixed (too many features for per-group "
                          "scatter matrices)")
@@ -361,7 +368,7 @@ def seller_share(
         lam_hat = torch.linalg.vector_norm(cov @ v, dim=0)
         n = moments.count
         if B:
-            weights = replicate_weights(B, groups, _seed_of(seed, gm), device)
+            weights = _weights(B, gm, seed, device)
             lam_rep = replicate_norms(replicate_products(gm, weights, v, "known" if known else request.scaling,
                                                          center, scale))
     else:
@@ -376,7 +383,7 @@ def seller_share(
         n = pg.count
         lam_hat = torch.linalg.vector_norm(pg.acc.sum(dim=0) / n, dim=0)
         if B:
-            weights = replicate_weights(B, g, digest_seed(seed, pg.counts, pg.sums), device)
+            weights = _weights(B, pg, seed, device, center, scale)
             lam_rep = replicate_norms(replicate_products_projected(pg, weights, v, centred=not known))
     if not known and request.scaling == "own":
         constant = torch.nonzero(moments.constant_columns()).flatten().tolist()
@@ -398,7 +405,7 @@ def geometric_mean(factors: torch.Tensor, weights: torch.Tensor) -> float:
     return float(torch.exp((weights * torch.log(factors.clamp_min(LOG_CLAMP))).sum()))
 
 
-def _weights(k: int, weights: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+def _component_weights(k: int, weights: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     if weights is None:
         return torch.full((k,), 1.0 / k, dtype=torch.float64, device=device)
     w = torch.as_tensor(weights, dtype=torch.float64, device=device)
@@ -416,7 +423,7 @@ def scores_from_spectra(
     k = int(lam.shape[0])
     if k == 0:
         raise ValuationError("no principal component of the buyer's data is above the threshold")
-    w = _weights(k, weights, lam.device)
+    w = _component_weights(k, weights, lam.device)
     # Differences at the eigen-solver's rounding level are no differences: λ̂ is taken to equal λ there.
     lam_hat = torch.where((lam - lam_hat).abs() <= NOISE_FLOOR * lam.max(), lam, lam_hat)
     top = torch.maximum(lam, lam_hat)
@@ -433,20 +440,9 @@ def log_ratios(lam: torch.Tensor, lam_hat: torch.Tensor, floor: float) -> torch.
     return torch.where((lam_hat - lam).abs() <= floor, torch.zeros_like(x), x)
 
 
-def reflect(lam: torch.Tensor, lam_rep: torch.Tensor) -> torch.Tensor:
-    """Basic-bootstrap draws of a population value from replicates, reflected in log space about the estimate:
-    log λ − (log λ*_b − log λ) (kept at least LOG_CLAMP times the largest estimate)."""
-    lam = lam.to(torch.float64)
-    floor = LOG_CLAMP * float(lam.max())
-    return torch.exp(2 * torch.log(lam.clamp_min(floor)) - torch.log(lam_rep.to(torch.float64).clamp_min(floor)))
-
-
-def _diversity(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Π (1 − e^{−tᵢ})^{ωᵢ} per row of ``t`` (B, k); exactly 0 where a positive-weight tᵢ is exactly 0."""
-    f = -torch.expm1(-t)
-    zero = ((f == 0) & (w > 0)).any(dim=1)
-    d = torch.exp((w * torch.log(f.clamp_min(LOG_CLAMP))).sum(dim=1))
-    return torch.where(zero, torch.zeros_like(d), d)
+def _psi(t: torch.Tensor) -> torch.Tensor:
+    """log(1 − e^{−t}): the log of one factor of D (clamped at log LOG_CLAMP)."""
+    return torch.log((-torch.expm1(-t)).clamp_min(LOG_CLAMP))
 
 
 def replicate_bounds(
@@ -459,19 +455,18 @@ def replicate_bounds(
 ) -> ReplicateBounds:
     r"""Per-replicate lower and upper values of R and D, whose quantiles are the interval ends.
 
-    With :math:`\hat x` the observed log ratios and :math:`x^*_b` the replicate pairs, the error
-    :math:`e = \hat x - x` is approximated by :math:`h_b = x^*_b - \hat x` (basic bootstrap). Component i is
-    *resolved* when :math:`\hat x_i \ne 0` and its own basic interval :math:`[2\hat x_i - q_{hi}, 2\hat x_i -
-    q_{lo}]` excludes 0: then :math:`|x_i|` is a smooth function of x near the truth and is reflected,
-    :math:`t_{bi} = |2\hat x_i - x^*_{bi}|`. Otherwise only :math:`|\,|\hat x_i| - |x_i|\,| \le |e_i|` is used:
-    with :math:`a_{bi} = |h_{bi}|`,
+    With :math:`\hat x = \log(\hat\lambda/\lambda)`, replicate pairs :math:`x^*_b`, :math:`t = |x|` and
+    :math:`\psi(t) = \log(1 - e^{-t})` (so :math:`-\log R = \sum \omega t` and :math:`\log D = \sum \omega
+    \psi(t)`), component i is *resolved* when :math:`\hat x_i \ne 0` and its own basic bootstrap interval
+    :math:`[2\hat x_i - q_{hi}(x^*_i), 2\hat x_i - q_{lo}(x^*_i)]` at level ``RESOLVE_LEVEL`` excludes 0.
 
-    * :math:`\tau^{lo}_b = \sum_{res} \omega t_b + \sum_{unres} \omega (|\hat x| - a_b)` and
-      :math:`\tau^{hi}_b = \sum_{res} \omega t_b + \sum_{unres} \omega (|\hat x| + a_b)` bound
-      :math:`\tau = -\log R`, so :math:`R^{hi}_b = e^{-\max(0, \tau^{lo}_b)}`, :math:`R^{lo}_b = e^{-\tau^{hi}_b}`;
-    * D can be 0 whenever a component's sign is unresolved: :math:`D^{lo}_b = 0` then, else
-      :math:`\prod_{res} (1 - e^{-t_{bi}})^{\omega}`; :math:`D^{hi}_b` uses :math:`|\hat x_i| + a_{bi}` for
-      unresolved components.
+    * Resolved: the sign of :math:`x_i` is known, :math:`t_i` and :math:`\psi(t_i)` are smooth there, and each is
+      reflected about its estimate (the basic bootstrap, which also removes first-order bias, curvature's
+      included): :math:`2\hat t_i - t^*_{bi}` and :math:`2\psi(\hat t_i) - \psi(t^*_{bi})` (at most 0).
+    * Unresolved: only :math:`|\,|\hat x_i| - |x_i|\,| \le |\hat x_i - x_i|`, with the error drawn as
+      :math:`a_{bi} = |x^*_{bi} - \hat x_i|`: :math:`t_i \in [\hat t_i - a_{bi}, \hat t_i + a_{bi}]`, summed
+      over components before :math:`-\log R` is clipped at 0; D can be 0 (its lower end is 0), and its upper
+      end uses :math:`\psi(\hat t_i + a_{bi})`.
 
     The interval is [q_{(1−c)/2}(lo), q_{(1+c)/2}(hi)]. Identical data (x̂ = 0, x* = 0) gives R = [1, 1] and
     D = [0, 0]; a component the seller matches exactly keeps D's lower end at 0.
@@ -479,25 +474,25 @@ def replicate_bounds(
     lam = lam.to(torch.float64)
     floor = NOISE_FLOOR * float(lam.max())
     x = log_ratios(lam, lam_hat.to(torch.float64), floor)  # (k,)
-    x_ref = log_ratios(reflect(lam, lam_rep), reflect(lam_hat, lam_hat_rep), floor)  # (B, k): draws of the true x
+    xs = log_ratios(lam_rep.to(torch.float64), lam_hat_rep.to(torch.float64), floor)  # (B, k)
     a = (1.0 - max(confidence, RESOLVE_LEVEL)) / 2
-    q_lo, q_hi = torch.quantile(x_ref, a, dim=0), torch.quantile(x_ref, 1.0 - a, dim=0)
-    resolved = (x != 0) & ((q_lo > 0) | (q_hi < 0))
+    q_lo, q_hi = torch.quantile(xs, a, dim=0), torch.quantile(xs, 1.0 - a, dim=0)
+    resolved = (x != 0) & ((2 * x - q_hi > 0) | (2 * x - q_lo < 0))
     w = weights.to(torch.float64)
-    reflected = x_ref.abs()  # (B, k)
-    spread = (x - x_ref).abs()  # draws of |x̂ − x|
-    t = x.abs()
-    res_sum = (w * torch.where(resolved, reflected, torch.zeros_like(reflected))).sum(dim=1)
-    unres = (~resolved).to(torch.float64) * w
-    tau_lo = res_sum + (unres * (t - spread)).sum(dim=1)
-    tau_hi = res_sum + (unres * (t + spread)).sum(dim=1)
+    res, unres = resolved.to(torch.float64) * w, (~resolved).to(torch.float64) * w
+    t, ts, spread = x.abs(), xs.abs(), (xs - x).abs()
+    tau_res = (res * (2 * t - ts)).sum(dim=1)
+    tau_lo = tau_res + (unres * (t - spread)).sum(dim=1)
+    tau_hi = tau_res + (unres * (t + spread)).sum(dim=1)
     r_hi = torch.exp(-tau_lo.clamp_min(0.0))
-    r_lo = torch.exp(-tau_hi)
-    if bool(((~resolved) & (w > 0)).any()):
-        d_lo = torch.zeros(x_ref.shape[0], dtype=torch.float64)
-    else:
-        d_lo = _diversity(reflected, w)
-    d_hi = _diversity(torch.where(resolved, reflected, t + spread), w)
+    r_lo = torch.exp(-tau_hi.clamp_min(0.0))
+    log_d_res = (res * (2 * _psi(t) - _psi(ts)).clamp_max(0.0)).sum(dim=1)
+    may_vanish = bool(((~resolved) & (w > 0)).any())
+    d_lo = torch.zeros_like(log_d_res) if may_vanish else torch.exp(log_d_res)
+    upper = t + spread
+    exact_zero = ((upper == 0) & ~resolved & (w > 0)).any(dim=1)  # e.g. identical data: D is exactly 0
+    d_hi = torch.where(exact_zero, torch.zeros_like(log_d_res),
+                       torch.exp(log_d_res + (unres * _psi(upper)).sum(dim=1)))
     return ReplicateBounds(r_lo, r_hi, d_lo, d_hi, resolved, confidence)
 
 

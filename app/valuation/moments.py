@@ -161,6 +161,31 @@ def _by_group(z: torch.Tensor, ids: np.ndarray, groups: int) -> list[tuple[int, 
     return out
 
 
+class _Padded:
+    """A reusable zero-padded (G, width, d) array holding each group's rows of one block.
+
+    Many small products (one per group) run at half the speed of one large one on a busy 2-core machine (OpenMP
+    start-up per call), so the rows are scattered once into this array and multiplied as one batch.
+    """
+
+    def __init__(self) -> None:
+        self._buf: torch.Tensor | None = None
+
+    def fill(self, z: torch.Tensor, ids: np.ndarray, groups: int) -> torch.Tensor:
+        counts = np.bincount(ids, minlength=groups)
+        width = int(counts.max())
+        order = np.argsort(ids, kind="stable")
+        rank = np.empty(ids.shape[0], dtype=np.int64)
+        rank[order] = np.arange(ids.shape[0]) - (np.cumsum(counts) - counts)[ids[order]]
+        size = groups * width * z.shape[1]
+        if self._buf is None or self._buf.numel() < size or self._buf.device != z.device:
+            self._buf = torch.empty(size, dtype=z.dtype, device=z.device)
+        padded = self._buf[:size].view(groups * width, z.shape[1])
+        padded.zero_()
+        padded.index_copy_(0, torch.from_numpy(ids * width + rank).to(z.device), z)
+        return padded.view(groups, width, z.shape[1])
+
+
 @dataclass
 class GroupedMoments:
     """Per-group count, shifted sum and sum of squares (and scatter matrices) of a stream of rows.
@@ -199,6 +224,7 @@ def accumulate_grouped(
     device = torch.device(device)
     gm: GroupedMoments | None = None
     start = 0
+    padded = _Padded()
     for raw in blocks:
         x = as_block(raw, device)
         if x.shape[0] == 0:
@@ -231,13 +257,14 @@ def accumulate_grouped(
             continue
         ids = group_of(start, rows, groups, seed)
         start += rows
-        tids = torch.from_numpy(ids).to(device)
         gm.counts += torch.from_numpy(np.bincount(ids, minlength=groups).astype(np.float64)).to(device)
-        gm.sums.index_add_(0, tids, z)
         if gm.grams is not None:  # sums of squares are the diagonals, taken at the end
-            for g, zg in _by_group(z, ids, groups):
-                gm.grams[g].addmm_(zg.T, zg)
+            p = padded.fill(z, ids, groups)
+            gm.sums += p.sum(dim=1)
+            gm.grams.baddbmm_(p.transpose(1, 2), p)
         else:
+            tids = torch.from_numpy(ids).to(device)
+            gm.sums.index_add_(0, tids, z)
             gm.sumsq.index_add_(0, tids, z * z)
             if gm.gram is not None:
                 gm.gram.addmm_(z.T, z)
