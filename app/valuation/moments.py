@@ -133,6 +133,7 @@ def accumulate_projected(
 # from the group sums alone. With n ≤ G rows most groups hold one row and this is the row-level bootstrap.
 
 _GOLDEN = 0x9E3779B97F4A7C15
+PADDED_ROWS = 16_384  # rows scattered into the padded per-group array at a time
 _MASK = 2**64 - 1
 
 
@@ -259,9 +260,10 @@ def accumulate_grouped(
         start += rows
         gm.counts += torch.from_numpy(np.bincount(ids, minlength=groups).astype(np.float64)).to(device)
         if gm.grams is not None:  # sums of squares are the diagonals, taken at the end
-            p = padded.fill(z, ids, groups)
-            gm.sums += p.sum(dim=1)
-            gm.grams.baddbmm_(p.transpose(1, 2), p)
+            for at in range(0, rows, PADDED_ROWS):  # a bounded buffer: PADDED_ROWS rows at a time
+                p = padded.fill(z[at : at + PADDED_ROWS], ids[at : at + PADDED_ROWS], groups)
+                gm.sums += p.sum(dim=1)
+                gm.grams.baddbmm_(p.transpose(1, 2), p)
         else:
             tids = torch.from_numpy(ids).to(device)
             gm.sums.index_add_(0, tids, z)
