@@ -460,9 +460,10 @@ def replicate_bounds(
     \psi(t)`), component i is *resolved* when :math:`\hat x_i \ne 0` and its own basic bootstrap interval
     :math:`[2\hat x_i - q_{hi}(x^*_i), 2\hat x_i - q_{lo}(x^*_i)]` at level ``RESOLVE_LEVEL`` excludes 0.
 
-    * Resolved: the sign of :math:`x_i` is known, :math:`t_i` and :math:`\psi(t_i)` are smooth there, and each is
-      reflected about its estimate (the basic bootstrap, which also removes first-order bias, curvature's
-      included): :math:`2\hat t_i - t^*_{bi}` and :math:`2\psi(\hat t_i) - \psi(t^*_{bi})` (at most 0).
+    * Resolved: the sign of :math:`x_i` is known and R's and D's resolved parts are smooth there; each statistic
+      itself is reflected about its estimate (the basic bootstrap, which also removes first-order bias, that of
+      curvature included): :math:`\sum_{res} \omega (2\hat t - t^*_b)` for :math:`-\log R` and
+      :math:`2\hat D_{res} - D^*_{res,b}` (within [0, 1]) for :math:`D_{res} = \prod_{res} (1 - e^{-t})^\omega`.
     * Unresolved: only :math:`|\,|\hat x_i| - |x_i|\,| \le |\hat x_i - x_i|`, with the error drawn as
       :math:`a_{bi} = |x^*_{bi} - \hat x_i|`: :math:`t_i \in [\hat t_i - a_{bi}, \hat t_i + a_{bi}]`, summed
       over components before :math:`-\log R` is clipped at 0; D can be 0 (its lower end is 0), and its upper
@@ -486,13 +487,13 @@ def replicate_bounds(
     tau_hi = tau_res + (unres * (t + spread)).sum(dim=1)
     r_hi = torch.exp(-tau_lo.clamp_min(0.0))
     r_lo = torch.exp(-tau_hi.clamp_min(0.0))
-    log_d_res = (res * (2 * _psi(t) - _psi(ts)).clamp_max(0.0)).sum(dim=1)
+    # The resolved part of D, Π_res (1 − e^{−t})^ω, reflected as a whole (basic bootstrap of the statistic itself).
+    d_res = (2 * torch.exp((res * _psi(t)).sum()) - torch.exp((res * _psi(ts)).sum(dim=1))).clamp(0.0, 1.0)
     may_vanish = bool(((~resolved) & (w > 0)).any())
-    d_lo = torch.zeros_like(log_d_res) if may_vanish else torch.exp(log_d_res)
+    d_lo = torch.zeros_like(d_res) if may_vanish else d_res
     upper = t + spread
     exact_zero = ((upper == 0) & ~resolved & (w > 0)).any(dim=1)  # e.g. identical data: D is exactly 0
-    d_hi = torch.where(exact_zero, torch.zeros_like(log_d_res),
-                       torch.exp(log_d_res + (unres * _psi(upper)).sum(dim=1)))
+    d_hi = torch.where(exact_zero, torch.zeros_like(d_res), d_res * torch.exp((unres * _psi(upper)).sum(dim=1)))
     return ReplicateBounds(r_lo, r_hi, d_lo, d_hi, resolved, confidence)
 
 

@@ -342,7 +342,7 @@ def digest_seed(seed: int, *arrays: torch.Tensor) -> int:
     return int.from_bytes(h.digest()[:8], "little")
 
 
-def _chunks(replicates: int, per_replicate_bytes: int, budget: int = 64 * 2**20) -> Iterable[slice]:
+def _chunks(replicates: int, per_replicate_bytes: int, budget: int = 16 * 2**20) -> Iterable[slice]:
     step = max(1, budget // max(per_replicate_bytes, 1))
     for i in range(0, replicates, step):
         yield slice(i, min(i + step, replicates))
