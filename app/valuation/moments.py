@@ -125,16 +125,16 @@ def accumulate_projected(
 
 # --- replicate groups: what each party keeps so that its bootstrap replicates need no second look at a row ------
 #
-# Every row goes to one of G groups by a hash of its position in the table (public and seeded, so the grouping
-# does not depend on how the rows are cut into blocks). A party keeps the count, the shifted sum and (where it
+# Every row goes to one of G groups by a hash of its position in the table (so the grouping does not depend on
+# how the rows are cut into blocks). A party keeps the count, the shifted sum and (where it
 # fits) the scatter matrix of each group: exactly the sums it needs anyway, split G ways, so a pass costs the same
 # arithmetic as before. A bootstrap replicate re-weights whole groups with independent Exp(1) weights (the
 # Bayesian bootstrap of Rubin, 1981, on G groups of rows), so any statistic of the weighted moments is recomputed
 # from the group sums alone. With n ≤ G rows most groups hold one row and this is the row-level bootstrap.
 
 _GOLDEN = 0x9E3779B97F4A7C15
-PADDED_ROWS = 16_384  # rows scattered into the padded per-group array at a time
 _MASK = 2**64 - 1
+PADDED_ROWS = 16_384  # rows scattered into the padded per-group array at a time
 
 
 def group_of(start: int, rows: int, groups: int, seed: int) -> np.ndarray:
@@ -147,19 +147,6 @@ def group_of(start: int, rows: int, groups: int, seed: int) -> np.ndarray:
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
     return (z % np.uint64(groups)).astype(np.int64)
-
-
-def _by_group(z: torch.Tensor, ids: np.ndarray, groups: int) -> list[tuple[int, torch.Tensor]]:
-    """The rows of ``z`` split by group id: one gather, then contiguous slices."""
-    order = torch.from_numpy(np.argsort(ids, kind="stable")).to(z.device)
-    counts = np.bincount(ids, minlength=groups).tolist()
-    zs = z.index_select(0, order)
-    out, at = [], 0
-    for g, c in enumerate(counts):
-        if c:
-            out.append((g, zs[at : at + c]))
-            at += c
-    return out
 
 
 class _Padded:
@@ -299,13 +286,15 @@ def accumulate_projected_grouped(
     groups: int,
     seed: int,
 ) -> ProjectedGroups:
-    """:func:`accumulate_projected` split into replicate groups: the same two thin products per block."""
+    """:func:`accumulate_projected` split into replicate groups: the same thin products per block, the second one
+    batched over groups."""
     device = directions.device
     d, m = directions.shape
     out = ProjectedGroups(torch.zeros((groups, d, m), dtype=torch.float64, device=device),
                           torch.zeros((groups, d), dtype=torch.float64, device=device),
                           torch.zeros(groups, dtype=torch.float64, device=device))
     start = 0
+    padded_z, padded_p = _Padded(), _Padded()
     for raw in blocks:
         z = (as_block(raw, device) - center) / scale
         if z.shape[0] == 0:
@@ -315,12 +304,11 @@ def accumulate_projected_grouped(
         out.counts += torch.from_numpy(np.bincount(ids, minlength=groups).astype(np.float64)).to(device)
         out.sums.index_add_(0, torch.from_numpy(ids).to(device), z)
         p = z @ directions
-        order = torch.from_numpy(np.argsort(ids, kind="stable")).to(device)
-        zs, ps, at = z.index_select(0, order), p.index_select(0, order), 0
-        for g, c in enumerate(np.bincount(ids, minlength=groups).tolist()):
-            if c:
-                out.acc[g].addmm_(zs[at : at + c].T, ps[at : at + c])
-                at += c
+        for at in range(0, z.shape[0], PADDED_ROWS):
+            part = ids[at : at + PADDED_ROWS]
+            zz, pp = padded_z.fill(z[at : at + PADDED_ROWS], part, groups), padded_p.fill(p[at : at + PADDED_ROWS],
+                                                                                        part, groups)
+            out.acc.baddbmm_(zz.transpose(1, 2), pp)
     return out
 
 
