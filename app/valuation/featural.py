@@ -132,11 +132,11 @@ class SellerShare:
     request_id: str
     lam_hat: torch.Tensor  # (m,)
     n_rows: int
-    lam_hat_replicates: torch.Tensor | None = None  # (B, m)
     # Hosted mode only (never written to a share file): what the seller's preprocessing was.
     constant_columns: list[int] = field(default_factory=list, compare=False)
     center: torch.Tensor | None = field(default=None, compare=False)
     scale: torch.Tensor | None = field(default=None, compare=False)
+    lam_hat_replicates: torch.Tensor | None = field(default=None, compare=False)  # (B, m) bootstrap replicates
 
 
 @dataclass(frozen=True, eq=False)
@@ -253,8 +253,9 @@ def buyer_share(
     ``threshold_mode``: ``absolute`` keeps λᵢ > τ; ``relative`` keeps λᵢ > τ·λ₁.
     ``decoys``: at least this many decoy directions, in whole layers of k (see :func:`decoy_layers`); every
     direction's sign is random and the request is shuffled.
-    ``replicates``: bootstrap replicates (over ``replicate_groups`` groups of rows) of λᵢ = ‖Σ_b uᵢ‖ for the
-    broker, and the number each seller is asked for; 0 turns intervals off.
+    ``replicates``: bootstrap replicates (over ``replicate_groups`` groups of rows) of the kept spectrum for the
+    broker (Rayleigh–Ritz values of each replicate's Σ*_b in the kept directions), and the number each seller is
+    asked for; 0 turns intervals off.
     """
     if scaling not in ("own", "buyer", "none"):
         raise ValuationError(f"unknown scaling {scaling!r}")
