@@ -120,9 +120,9 @@ def test_share_files_hold_only_what_each_party_may_see(tables, tmp_path, capsys)
         assert sorted(f.files) == ["directions", "meta"]  # no eigenvalues, no buyer statistics
         assert "eigen" not in str(f["meta"])
     with np.load(f"{prefix}.private.npz", allow_pickle=False) as f:
-        assert sorted(f.files) == ["eigenvalues", "meta", "slots"]  # no directions
+        assert sorted(f.files) == ["eigenvalue_replicates", "eigenvalues", "meta", "slots"]  # no directions
     with np.load(tmp_path / "s.npz", allow_pickle=False) as f:
-        assert sorted(f.files) == ["lam_hat", "meta"]
+        assert sorted(f.files) == ["lam_hat", "lam_hat_replicates", "meta"]
 
 
 def test_score_refuses_a_share_for_another_request(tables, tmp_path, capsys):

@@ -64,6 +64,8 @@ def _share_buyer(**kwargs: Any) -> None:
             written = share_buyer(DataRef.of_path(kwargs["data"]), p, _context(kwargs["device"], report), kwargs["out"])
         except ParamsError as exc:
             raise UsageProblem(exc.render(cli_option)) from None
+    for note in written["notes"]:
+        stderr.print(f"note: {note}")
     what = (f"proxy of {written['proxy_nodes']} nodes" if "proxy_nodes" in written
             else f"{written['directions']} directions, {written['decoys']} of them decoys")
     stderr.print(f"wrote {written['request']} (public: give to sellers; {what}) and {written['private']} (give to "

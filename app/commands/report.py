@@ -50,14 +50,12 @@ def caption(method: Method, result: dict[str, Any]) -> str:
 def print_table(method: Method, result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    entries = list(result["sellers"])
+    entries = method.ranked(result["sellers"])
     names = [Path(e["seller"]).name for e in entries]
     short = len(set(names)) == len(names)  # file names alone when they tell the sellers apart
-    if method.rank_by:
-        entries.sort(key=lambda e: -(_get(e, method.rank_by) if _get(e, method.rank_by) is not None else -1e300))
     table = Table(title=caption(method, result))
     table.add_column("rank" if method.rank_by else "#", justify="right")
-    table.add_column("seller", overflow="fold")
+    table.add_column("seller", no_wrap=True)  # the name whole; the numbers wrap first
     for column in method.columns:
         table.add_column(column.title, justify="right")
     for i, e in enumerate(entries, start=1):

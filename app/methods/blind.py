@@ -32,6 +32,11 @@ class BuyerShareParams(Params):
     decoys: int = Field(0, ge=0, description="Random decoy directions mixed into the request",
                         json_schema_extra=capped("max_decoys"))
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed for decoys and shuffling")
+    replicates: int = Field(defaults.REPLICATES, ge=0, le=100_000, description="Bootstrap replicates of the "
+                            "buyer's spectrum, and the number each seller is asked for (0: no intervals)",
+                            json_schema_extra=capped("max_replicates"))
+    replicate_groups: int = Field(defaults.REPLICATE_GROUPS, ge=8, le=1024,
+                                  description="Groups of rows the bootstrap re-weights")
     proxy_nodes: int | None = Field(None, ge=1, description="graph: the proxy's size (default: the buyer's graph's)")
     feature_view: Literal["raw", "propagated", "none"] = Field("raw", description="graph: raw | propagated | none")
     subsample: int | None = Field(None, ge=2, description="graph: each party sends at most this many rows of E")
@@ -52,6 +57,11 @@ class ScoreParams(Params):
     alpha: float = Field(defaults.ALPHA, ge=0, le=1, description="relevance-diversity: score = α·D + (1−α)·R")
     score_weights: list[float] | None = Field(
         None, min_length=3, max_length=3, description="graph: similarity, diversity, relevance weights of one score")
+    confidence: float = Field(defaults.CONFIDENCE, gt=0.5, lt=1, description="relevance-diversity: confidence of "
+                                                                             "the intervals")
+    ranking: Literal["lower-bound", "point"] = Field(
+        defaults.RANKING, description="relevance-diversity: lower-bound (the lower end of the score's interval) or "
+                                      "point (the score)")
 
     _lists = field_validator("weights", "score_weights", mode="before")(comma_list)
 
@@ -73,11 +83,13 @@ def share_buyer(data: DataRef, p: BuyerShareParams, ctx: RunContext, prefix: str
     request, private = buyer_share(
         file_blocks(src, data, "buyer", 0, 1, ctx), scaling=p.scaling_mode, threshold=p.threshold,  # type: ignore
         threshold_mode="relative" if p.relative_threshold else "absolute", decoys=p.decoys, seed=p.seed,
-        columns=src.columns if src.format != "npz" else None, device=ctx.device)
+        columns=src.columns if src.format != "npz" else None, device=ctx.device, replicates=p.replicates,
+        replicate_groups=p.replicate_groups)
     write_request(request_path, request)
     write_private(private_path, private)
+    # decoys come in whole shuffled copies of the kept directions, so the count is rounded up to a multiple of k
     return {"request": request_path, "private": private_path, "directions": int(request.directions.shape[1]),
-            "decoys": p.decoys, "notes": []}
+            "decoys": int((private.slots == -1).sum()), "notes": list(private.notes)}
 
 
 def _share_buyer_graph(data: DataRef, p: BuyerShareParams, ctx: RunContext, request_path: Path,
@@ -163,7 +175,7 @@ def score(private: DataRef, sellers: list[DataRef], p: ScoreParams, ctx: RunCont
 
     buyer = read_private(private.spec)
     options = Options(scaling=buyer.scaling, threshold=buyer.threshold, threshold_mode=buyer.threshold_mode,
-                      weights=p.weights, alpha=p.alpha, vendi=False)
+                      weights=p.weights, alpha=p.alpha, vendi=False, confidence=p.confidence, ranking=p.ranking)
     results = []
     for ref in sellers:
         try:

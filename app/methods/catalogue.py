@@ -45,6 +45,13 @@ class Column:
     interval: str | None = None
 
 
+def _value_at(entry: dict[str, Any], key: str) -> Any:
+    value: Any = entry
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 @dataclass(frozen=True)
 class Method:
     id: str
@@ -69,6 +76,18 @@ class Method:
     rank_by: str | None = None
     #: the parameters a form shows first (the others under "more parameters")
     primary: tuple[str, ...] = ()
+
+    def ranked(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The sellers' entries best first: by the ``rank`` the method gave each one where it did (its own rule,
+        such as relevance-diversity's lower end of the score's interval), else by ``rank_by`` descending, else in
+        the order given."""
+        entries = list(entries)
+        if entries and all(isinstance(e.get("rank"), int) for e in entries):
+            return sorted(entries, key=lambda e: e["rank"])
+        if self.rank_by:
+            entries.sort(key=lambda e: -(v if isinstance(v := _value_at(e, self.rank_by), int | float)
+                                         else float("-inf")))
+        return entries
 
     def validate(self, data: dict[str, Any] | None, caps: Caps | None = None) -> Params:
         return validate(self.id, self.params, data, caps)

@@ -42,6 +42,15 @@ class RelevanceDiversityParams(FeatureParams):
         None, description="Component weights: uniform (default), eigenvalue, or one weight per kept component "
                           "(comma-separated on the command line)")
     alpha: float = Field(defaults.ALPHA, ge=0, le=1, description="Score = α·D + (1−α)·R, used for ranking")
+    replicates: int = Field(defaults.REPLICATES, ge=0, le=100_000, description="Bootstrap replicates per party "
+                            "for the intervals on R, D and the score (0: no intervals)",
+                            json_schema_extra=capped("max_replicates"))
+    replicate_groups: int = Field(defaults.REPLICATE_GROUPS, ge=8, le=1024, description="Groups of rows the "
+                                  "bootstrap re-weights (each row's group is a fixed hash of its position)")
+    confidence: float = Field(defaults.CONFIDENCE, gt=0.5, lt=1, description="Confidence of the intervals")
+    ranking: Literal["lower-bound", "point"] = Field(
+        defaults.RANKING, description="lower-bound: by the lower end of the score's interval, so a seller too "
+        "small to measure does not rank high by luck; point: by the score itself")
     vendi: bool = Field(True, description="Also compute each seller's Vendi score (its own diversity)")
 
     _weights = field_validator("weights", mode="before")(comma_list)
@@ -61,7 +70,8 @@ def options_of(p: RelevanceDiversityParams):
 
     return Options(scaling=p.scaling_mode, threshold=p.threshold,  # type: ignore[arg-type]
                    threshold_mode="relative" if p.relative_threshold else "absolute", weights=p.weights,
-                   alpha=p.alpha, decoys=p.decoys, seed=p.seed, vendi=p.vendi)
+                   alpha=p.alpha, decoys=p.decoys, seed=p.seed, vendi=p.vendi, replicates=p.replicates,
+                   replicate_groups=p.replicate_groups, confidence=p.confidence, ranking=p.ranking)
 
 
 def open_tables(inputs: Inputs, params: Params, ctx: RunContext, min_rows: int = 2) -> list[TableSource]:
@@ -126,7 +136,8 @@ METHOD = Method(
     run_path="app.methods.relevance_diversity:run",
     columns=(Column("relevance", "relevance", interval="relevance"), Column("diversity", "diversity",
                                                                              interval="diversity"),
-             Column("score", "score"), Column("vendi_score", "vendi", ".2f"), Column("rows", "rows", ",d")),
+             Column("score", "score", interval="score"), Column("vendi_score", "vendi", ".2f"),
+             Column("rows", "rows", ",d")),
     rank_by="score",
-    primary=("alpha", "threshold", "relative_threshold", "scaling"),
+    primary=("alpha", "threshold", "relative_threshold", "scaling", "ranking"),
 )

@@ -24,11 +24,8 @@ def value_at(entry: dict[str, Any], key: str) -> Any:
 
 
 def ranked(method: Method, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The sellers' entries, best first (the method's ``rank_by``, descending; else the order given)."""
-    entries = list(result.get("sellers") or [])
-    if method.rank_by:
-        entries.sort(key=lambda e: -(v if (v := value_at(e, method.rank_by)) is not None else float("-inf")))
-    return entries
+    """The sellers' entries, best first (:meth:`Method.ranked`)."""
+    return method.ranked(result.get("sellers") or [])
 
 
 def score_of(method: Method, entry: dict[str, Any]) -> float:

@@ -4,9 +4,11 @@ Three kinds of file, each holding only what its reader may learn:
 
 - ``PREFIX.request.npz`` (buyer → sellers, public): the directions to measure along (kept principal
   directions shuffled with decoys), the preprocessing mode, and the buyer's mean/std only when the buyer
-  chose ``buyer`` scaling.
-- ``PREFIX.private.npz`` (buyer → broker): the kept eigenvalues λ and which request directions are real.
-- ``SELLER.npz`` (seller → broker): one λ̂ per request direction and the row count.
+  chose ``buyer`` scaling; how many bootstrap replicates to compute (metadata).
+- ``PREFIX.private.npz`` (buyer → broker): the kept eigenvalues λ, which request directions are real, and
+  ``eigenvalue_replicates`` (B × k bootstrap replicates of λ).
+- ``SELLER.npz`` (seller → broker): one λ̂ per request direction, ``lam_hat_replicates`` (B × m) and the row
+  count.
 
 Every file carries the request id, so the broker refuses a seller share that answers another request.
 Files are written atomically (temporary file in the same folder, then rename).
@@ -31,6 +33,7 @@ from app.valuation.featural import BuyerPrivate, FeatureRequest, SellerShare
 FORMAT = "appraise-share"
 VERSION = 1
 METHOD = "relevance-diversity"
+MAX_REPLICATES = 100_000
 
 
 def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -59,7 +62,9 @@ def feature_request_parts(request: FeatureRequest) -> tuple[dict[str, np.ndarray
     if request.scaling == "buyer":
         arrays["center"] = _np(request.center)
         arrays["scale"] = _np(request.scale)
-    return arrays, {"request_id": request.request_id, "scaling": request.scaling, "columns": request.columns}
+    return arrays, {"request_id": request.request_id, "scaling": request.scaling, "columns": request.columns,
+                    "replicates": request.replicates, "replicate_groups": request.replicate_groups,
+                    "replicate_seed": request.replicate_seed}
 
 
 def write_request(path: str | Path, request: FeatureRequest) -> None:
@@ -68,7 +73,8 @@ def write_request(path: str | Path, request: FeatureRequest) -> None:
     atomic_savez(Path(path), {"meta": meta_array(meta), **arrays})
 
 
-def private_parts(private: BuyerPrivate) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def private_parts(private: BuyerPrivate, *, replicates: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and metadata of a buyer-private share; ``replicates`` adds the bootstrap replicates of λ."""
     meta = {
         "request_id": private.request_id,
         "threshold": private.threshold,
@@ -77,22 +83,30 @@ def private_parts(private: BuyerPrivate) -> tuple[dict[str, np.ndarray], dict[st
         "n_features": private.n_features,
         "scaling": private.scaling,
         "constant_columns": private.constant_columns,
+        "notes": private.notes,
     }
-    return {"eigenvalues": _np(private.eigenvalues), "slots": _np(private.slots)}, meta
+    arrays = {"eigenvalues": _np(private.eigenvalues), "slots": _np(private.slots)}
+    if replicates and private.eigenvalue_replicates is not None:
+        arrays["eigenvalue_replicates"] = _np(private.eigenvalue_replicates)
+    return arrays, meta
 
 
 def write_private(path: str | Path, private: BuyerPrivate) -> None:
-    arrays, meta = private_parts(private)
+    arrays, meta = private_parts(private, replicates=True)
     meta = {"format": FORMAT, "version": VERSION, "role": "buyer-private", "method": METHOD, **meta}
     atomic_savez(Path(path), {"meta": meta_array(meta), **arrays})
 
 
-def seller_parts(share: SellerShare) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    return {"lam_hat": _np(share.lam_hat)}, {"request_id": share.request_id, "n_rows": share.n_rows}
+def seller_parts(share: SellerShare, *, replicates: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and metadata of a seller share; ``replicates`` adds the bootstrap replicates of λ̂."""
+    arrays = {"lam_hat": _np(share.lam_hat)}
+    if replicates and share.lam_hat_replicates is not None:
+        arrays["lam_hat_replicates"] = _np(share.lam_hat_replicates)
+    return arrays, {"request_id": share.request_id, "n_rows": share.n_rows}
 
 
 def write_seller_share(path: str | Path, share: SellerShare) -> None:
-    arrays, meta = seller_parts(share)
+    arrays, meta = seller_parts(share, replicates=True)
     meta = {"format": FORMAT, "version": VERSION, "role": "seller", "method": METHOD, **meta}
     atomic_savez(Path(path), {"meta": meta_array(meta), **arrays})
 
@@ -163,8 +177,8 @@ def share_method(path: str | Path) -> str:
 
 
 FEATURE_REQUEST_ARRAYS = {"directions": 2, "center": 1, "scale": 1}
-PRIVATE_ARRAYS = {"eigenvalues": 1, "slots": 1}
-SELLER_ARRAYS = {"lam_hat": 1}
+PRIVATE_ARRAYS = {"eigenvalues": 1, "slots": 1, "eigenvalue_replicates": 2}  # replicates optional
+SELLER_ARRAYS = {"lam_hat": 1, "lam_hat_replicates": 2}  # replicates optional
 
 
 def read_request(path: str | Path) -> FeatureRequest:
@@ -187,7 +201,16 @@ def feature_request_from(f: ShareFile, meta: dict[str, Any]) -> FeatureRequest:
     columns = meta.get("columns")
     if columns is not None and (not isinstance(columns, list) or len(columns) != d):
         raise CorruptFile(f.path, "column list does not match the directions")
-    return FeatureRequest(directions, scaling, str(meta["request_id"]), center, scale, columns)
+    try:
+        replicates = int(meta.get("replicates", 0))
+        groups = int(meta.get("replicate_groups", 1))
+        replicate_seed = int(meta.get("replicate_seed", 0))
+    except (TypeError, ValueError):
+        raise CorruptFile(f.path, "replicate settings are not integers") from None
+    if not 0 <= replicates <= MAX_REPLICATES or not 1 <= groups <= MAX_REPLICATES:
+        raise CorruptFile(f.path, f"replicates and groups must be within 0..{MAX_REPLICATES}")
+    return FeatureRequest(directions, scaling, str(meta["request_id"]), center, scale, columns, replicates, groups,
+                          replicate_seed)
 
 
 def read_private(path: str | Path) -> BuyerPrivate:
@@ -202,6 +225,7 @@ def private_from(f: ShareFile, m: dict[str, Any]) -> BuyerPrivate:
     real = slots[slots >= 0]
     if bool((slots < -1).any()) or sorted(real.tolist()) != list(range(k)):
         raise CorruptFile(f.path, "'slots' is not a valid assignment of directions to components")
+    lam_rep = _replicates(f, "eigenvalue_replicates", k)
     try:
         return BuyerPrivate(
             eigenvalues=lam,
@@ -213,6 +237,8 @@ def private_from(f: ShareFile, m: dict[str, Any]) -> BuyerPrivate:
             n_features=int(m["n_features"]),
             scaling=m.get("scaling", "own"),
             constant_columns=[int(c) for c in m.get("constant_columns", [])],
+            eigenvalue_replicates=lam_rep,
+            notes=[str(n) for n in m.get("notes", [])],
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptFile(f.path, f"incomplete metadata ({exc})") from None
@@ -231,4 +257,16 @@ def seller_share_from(f: ShareFile, meta: dict[str, Any]) -> SellerShare:
         n_rows = int(meta["n_rows"])
     except (KeyError, TypeError, ValueError):
         raise CorruptFile(f.path, "metadata lacks the row count") from None
-    return SellerShare(request_id=str(meta["request_id"]), lam_hat=lam_hat, n_rows=n_rows)
+    return SellerShare(request_id=str(meta["request_id"]), lam_hat=lam_hat, n_rows=n_rows,
+                       lam_hat_replicates=_replicates(f, "lam_hat_replicates", lam_hat.shape[0]))
+
+
+def _replicates(f: ShareFile, name: str, width: int) -> torch.Tensor | None:
+    """An optional (B, width) array of non-negative bootstrap replicates, or ``None`` if the file has none."""
+    if name not in f.arrays:
+        return None
+    a = f.arrays[name]
+    if a.shape[1] != width or not 1 <= a.shape[0] <= MAX_REPLICATES or bool((a < 0).any()):
+        raise ArrayShapeError(f.path, f"must be B × {width} non-negative numbers (1 <= B <= {MAX_REPLICATES})",
+                              location=f"array {name!r}")
+    return torch.from_numpy(a.astype(np.float64))

@@ -7,6 +7,13 @@ from __future__ import annotations
 THRESHOLD = 1e-2
 #: relevance-diversity: the single score α·D + (1−α)·R used for ranking
 ALPHA = 0.5
+#: relevance-diversity intervals: bootstrap replicates per party (0: no intervals), over this many groups of rows,
+#: at this confidence; sellers ranked by the lower end of the score's interval ("lower-bound") or by the point
+#: score ("point")
+REPLICATES = 400
+REPLICATE_GROUPS = 64
+CONFIDENCE = 0.95
+RANKING = "lower-bound"
 #: structural disparity: rounds of blind message passing (WWL update)
 MESSAGE_ROUNDS = 3
 #: structural disparity: the default matcher of party nodes to proxy nodes

@@ -212,7 +212,8 @@ def test_projected_path_equals_gram_path(scaling):
 
 def test_decoys_are_shuffled_in_and_dropped_by_the_broker():
     rng = np.random.default_rng(10)
-    b = rng.normal(size=(500, 10)) @ rng.normal(size=(10, 10))
+    # Rank-3 data (k = 3), so that 6 decoys are two whole decoy layers (decoys come in copies of the kept set).
+    b = rng.normal(size=(500, 3)) @ rng.normal(size=(3, 10)) + rng.normal(size=(500, 10)) * 1e-3
     s = rng.normal(size=(400, 10)) @ rng.normal(size=(10, 10))
     plain_req, plain_priv = buyer_share(blocks_of(b))
     req, priv = buyer_share(blocks_of(b), decoys=6, seed=3)

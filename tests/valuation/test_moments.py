@@ -51,3 +51,65 @@ def test_projected_accumulation_equals_dense():
     z = (x - center) / scale
     assert n == 500
     assert acc.numpy() == pytest.approx(z.T @ (z @ v), rel=1e-10)
+
+
+# --- replicate groups ------------------------------------------------------------------------------------------
+
+
+def test_group_assignment_depends_on_the_position_only():
+    from app.valuation.moments import group_of
+
+    whole = group_of(0, 1000, 64, 0)
+    pieces = np.concatenate([group_of(i, min(37, 1000 - i), 64, 0) for i in range(0, 1000, 37)])
+    assert (whole == pieces).all()
+    counts = np.bincount(group_of(0, 64_000, 64, 0), minlength=64)
+    assert counts.min() > 800 and counts.max() < 1200  # about 1,000 rows per group
+
+
+def test_grouped_moments_add_up_to_the_plain_ones():
+    from app.valuation.moments import accumulate_grouped
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5000, 7)) @ rng.normal(size=(7, 7)) + 100
+    plain = accumulate_moments([x])
+    gm = accumulate_grouped([x[i : i + 700] for i in range(0, 5000, 700)], groups=16, seed=0, gram_bytes=2**30)
+    total = gm.total()
+    assert total.count == 5000 and gm.grams.shape == (16, 7, 7)
+    assert total.mean.numpy() == pytest.approx(plain.mean.numpy(), rel=1e-12)
+    assert total.second_moment(total.mean).numpy() == pytest.approx(plain.second_moment(plain.mean).numpy(), rel=1e-9)
+    assert total.variance.numpy() == pytest.approx(x.var(0), rel=1e-9)
+    small = accumulate_grouped([x], groups=16, seed=0, gram_bytes=16 * 7 * 7 * 8 - 1)  # over budget: total only
+    assert small.grams is None and small.total().gram.numpy() == pytest.approx(plain.gram.numpy(), rel=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["own", "none", "known"])
+def test_unit_weights_reproduce_the_full_sample_statistic(mode):
+    """A replicate with every group weighted 1 is the data itself: Σ*V = Σ V, preprocessing included."""
+    from app.valuation.moments import (
+        accumulate_grouped,
+        accumulate_projected_grouped,
+        replicate_products,
+        replicate_products_projected,
+    )
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(900, 5)) @ rng.normal(size=(5, 5)) * [1, 2, 3, 4, 5] + 7
+    v = torch.linalg.qr(torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0]
+    c, s = torch.from_numpy(x.mean(0) - 1), torch.from_numpy(x.std(0) * 2)
+    if mode == "own":
+        z = (x - x.mean(0)) / x.std(0)
+    elif mode == "none":
+        z = x - x.mean(0)
+    else:
+        z = (x - c.numpy()) / s.numpy()
+    expected = (z.T @ z / len(z)) @ v.numpy()
+    gm = accumulate_grouped([x[:400], x[400:]], groups=8, seed=0, gram_bytes=2**30)
+    ones = torch.ones((2, 8), dtype=torch.float64)
+    [got] = replicate_products(gm, ones, v, mode, c, s)
+    assert got.numpy() == pytest.approx(np.stack([expected, expected]), rel=1e-9)
+    if mode != "own":  # the projected path holds the scale fixed, which with unit weights is exact too
+        center = torch.from_numpy(x.mean(0)) if mode == "none" else c
+        scale = torch.ones(5, dtype=torch.float64) if mode == "none" else s
+        pg = accumulate_projected_grouped([x[:400], x[400:]], center, scale, v, groups=8, seed=0)
+        [got] = replicate_products_projected(pg, ones, v, centred=mode == "none")
+        assert got.numpy() == pytest.approx(np.stack([expected, expected]), rel=1e-9)
