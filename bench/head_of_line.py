@@ -101,7 +101,8 @@ def main() -> None:
                     client.post("/api/v1/listings", headers=s, json={"dataset_id": ds}).raise_for_status()
                 long_job = client.post("/api/v1/jobs", headers=b, json={
                     "method": "data-shapley", "buyer_dataset_id": valid, "seller_dataset_ids": [train],
-                    "params": {"max_permutations": 100_000, "time_budget": args.long_seconds, "truncation": 0.0},
+                    "params": {"max_permutations": 100_000, "time_budget": args.long_seconds, "truncation": 0.0,
+                               "relative_change": None},
                 }).json()["id"]
                 wait_for(client, b, long_job, ("running",), 120)
                 time.sleep(2.0)  # well into its run
