@@ -190,9 +190,12 @@ def valuation(job_id: str, request: Request, session: SessionDep, viewer: Viewer
     method = method_of(job.method)
     if method is None:
         raise PortalNotFound()
+    options = (result or {}).get("options") or {}
+    ranking = options.get("ranking")
     return page(request, "valuation.html", viewer, job=job, method=method, result=result,
                 table=rows(method, result) if result else [], charts=charts_for(method, result) if result else [],
-                cancelled=cancelled)
+                cancelled=cancelled, confidence=(options.get("intervals") or {}).get("confidence", 0.95),
+                ranking_note=f"Ranked {ranking}." if isinstance(ranking, str) else None)
 
 
 @router.post("/valuations/{job_id}/cancel")

@@ -126,22 +126,62 @@ def scatter(points: Sequence[tuple[str, float, float, tuple[float, float] | None
     parts.append(f'<text x="{pad_l + w / 2}" y="{height - 6}" font-size="12" text-anchor="middle" fill="{INK}">'
                  f'{escape(x_label)}</text><text x="12" y="{pad_t + h / 2}" font-size="12" text-anchor="middle" '
                  f'fill="{INK}" transform="rotate(-90 12 {pad_t + h / 2})">{escape(y_label)}</text>')
-    for k, (label, x, y, xi, yi) in enumerate(points):
+    for _, x, y, xi, yi in points:  # whiskers with end caps, under every point and label
         if xi:
-            parts.append(f'<line x1="{px(xi[0]):.1f}" y1="{py(y):.1f}" x2="{px(xi[1]):.1f}" y2="{py(y):.1f}" '
-                         f'stroke="{MUTED}" stroke-width="1.5"/>')
+            parts.append(f'<path d="M{px(xi[0]):.1f},{py(y):.1f}H{px(xi[1]):.1f}M{px(xi[0]):.1f},{py(y) - 3:.1f}'
+                         f'v6M{px(xi[1]):.1f},{py(y) - 3:.1f}v6" stroke="{MUTED}" stroke-width="1.2" fill="none"/>')
         if yi:
-            parts.append(f'<line x1="{px(x):.1f}" y1="{py(yi[0]):.1f}" x2="{px(x):.1f}" y2="{py(yi[1]):.1f}" '
-                         f'stroke="{MUTED}" stroke-width="1.5"/>')
-        right = px(x) > pad_l + 0.6 * w  # labels of points on the right go to their left, inside the plot
-        dy = -8 if k % 2 == 0 else 16  # neighbours alternate above and below
-        label_x = px(x) + (-8 if right else 8)
+            parts.append(f'<path d="M{px(x):.1f},{py(yi[0]):.1f}V{py(yi[1]):.1f}M{px(x) - 3:.1f},{py(yi[0]):.1f}'
+                         f'h6M{px(x) - 3:.1f},{py(yi[1]):.1f}h6" stroke="{MUTED}" stroke-width="1.2" fill="none"/>')
+    placed = _place_labels([(px(x), py(y), label[:24]) for label, x, y, _, _ in points], (pad_l, pad_l + w))
+    for (label, x, y, _, _), (label_x, label_y, anchor) in zip(points, placed, strict=True):
         parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="{ACCENT}"><title>{escape(label)}: '
                      f'{x_label} {x:.4f}, {y_label} {y:.4f}</title></circle><text x="{label_x:.1f}" '
-                     f'y="{py(y) + dy:.1f}" font-size="11" fill="{INK}" text-anchor="{"end" if right else "start"}">'
+                     f'y="{label_y:.1f}" font-size="11" fill="{INK}" text-anchor="{anchor}">'
                      f'{escape(label[:24])}</text>')
     desc = "; ".join(f"{label}: {x_label} {x:.4f}, {y_label} {y:.4f}" for label, x, y, _, _ in points)
     return _svg(width, height, title, desc, "".join(parts))
+
+
+#: where a point's label may go, relative to the point: (dx, dy, text-anchor), in order of preference
+_LABEL_SPOTS = ((8, -8, "start"), (-8, -8, "end"), (8, 16, "start"), (-8, 16, "end"), (10, 4, "start"),
+                (-10, 4, "end"), (0, -12, "middle"), (0, 22, "middle"))
+_CHAR_PX, _LINE_PX = 6.2, 12.0  # an 11 px label's width per character and its height
+
+
+def _label_box(x: float, y: float, text: str, anchor: str) -> tuple[float, float, float, float]:
+    width = _CHAR_PX * len(text)
+    left = {"start": x, "end": x - width, "middle": x - width / 2}[anchor]
+    return left, y - _LINE_PX + 2, left + width, y + 2
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _place_labels(anchors: Sequence[tuple[float, float, str]],
+                  x_range: tuple[float, float]) -> list[tuple[float, float, str]]:
+    """A spot for each point's label (x, y, text-anchor): greedily the first of :data:`_LABEL_SPOTS` that stays
+    inside the plot and covers no other label or point, else the one that covers least."""
+    markers = [(x - 6, y - 6, x + 6, y + 6) for x, y, _ in anchors]
+    boxes: list[tuple[float, float, float, float]] = []
+    placed: list[tuple[float, float, str]] = [(0.0, 0.0, "start")] * len(anchors)
+    for i in sorted(range(len(anchors)), key=lambda i: anchors[i][1]):  # top to bottom
+        x, y, text = anchors[i]
+        best: tuple[float, tuple[float, float, str], tuple[float, float, float, float]] | None = None
+        for dx, dy, anchor in _LABEL_SPOTS:
+            box = _label_box(x + dx, y + dy, text, anchor)
+            outside = max(0.0, x_range[0] - box[0]) + max(0.0, box[2] - x_range[1])
+            cost = outside * 1000 + sum(_overlap(box, b) for b in boxes) + sum(
+                _overlap(box, m) for j, m in enumerate(markers) if j != i)
+            if best is None or cost < best[0]:
+                best = (cost, (x + dx, y + dy, anchor), box)
+            if cost == 0:
+                break
+        assert best is not None
+        placed[i] = best[1]
+        boxes.append(best[2])
+    return placed
 
 
 def lines(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]], title: str, *, x_label: str,
