@@ -27,7 +27,7 @@ from app.data.errors import (
     UnexpectedArray,
     UnsupportedFormat,
 )
-from app.data.limits import ReadLimits, check_file
+from app.data.limits import ReadLimits, check_cap, check_file, check_table_shape
 from app.data.npz import NpzArchive
 from app.data.parquet_reader import iter_parquet, open_parquet, require_label_column, require_numeric_columns
 
@@ -75,7 +75,8 @@ class TableSource:
         suffix = self.path.suffix.lower()
         if suffix == ".csv":
             self.format = "csv"
-            all_columns = read_header(self.path)
+            all_columns = read_header(self.path, self.limits.max_header_bytes)
+            check_table_shape(self.path, self.limits, None, len(all_columns), location="header")
         elif suffix in (".parquet", ".pq"):
             self.format = "parquet"
             self._parquet = open_parquet(self.path, self.limits)
@@ -120,6 +121,7 @@ class TableSource:
                     self.path, f"unexpected arrays {sorted(extra)}; a table holds only 'x' and optional 'y'"
                 )
             hx = npz.require_numeric("x", 2)
+            check_table_shape(self.path, self.limits, hx.shape[0], hx.shape[1], location="array 'x'")
             if "y" in npz.headers:
                 hy = npz.headers["y"]
                 if len(hy.shape) != 1 or hy.shape[0] != hx.shape[0]:
@@ -158,6 +160,7 @@ class TableSource:
         for chunk in source:
             _check_finite(self.path, chunk.x, chunk.start_row, self.columns)
             rows += chunk.x.shape[0]
+            check_cap(self.path, self.limits, "max_rows", rows, "rows or more")
             self._note_distinct(chunk.x)
             yield chunk
         if rows == 0:
