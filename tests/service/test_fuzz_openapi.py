@@ -47,6 +47,8 @@ def _plausible(spec: dict, schema: dict) -> Any:
         return {k: _plausible(spec, props[k]) for k in schema.get("required", []) if k in props}
     if kind == "array":
         return [_plausible(spec, schema.get("items", {}))] * max(schema.get("minItems", 1), 1)
+    if kind == "string" and schema.get("minLength", 0) > 1:
+        return "x" * schema["minLength"]
     return {"string": "x", "integer": 1, "number": 1.0, "boolean": False}.get(kind, "x")
 
 
@@ -66,20 +68,53 @@ def _cases(spec: dict) -> list[tuple[str, str, str, str, Any]]:
                 if "integer" in types or param["in"] == "path":
                     cases.append((method, path, param["in"], param["name"], BIG))
             content = op.get("requestBody", {}).get("content", {})
-            for media, where in (("application/json", "json"), ("multipart/form-data", "form")):
-                if media not in content:
-                    continue
-                schema = _resolve(spec, content[media].get("schema", {}))
+            if "application/json" in content:
+                body = _resolve(spec, content["application/json"].get("schema", {}))
+                for variant in body.get("oneOf") or [body]:  # POST /jobs: one body schema per method
+                    variant = _resolve(spec, variant)
+                    for field, types in _leaves(spec, variant, ()):
+                        if "string" in types or "integer" in types:
+                            cases.append((method, path, "json", (variant.get("title"), field), NUL))
+                        if types & {"integer", "number", "string"}:
+                            cases.append((method, path, "json", (variant.get("title"), field), BIG))
+            if "multipart/form-data" in content:
+                schema = _resolve(spec, content["multipart/form-data"].get("schema", {}))
                 for name, prop in schema.get("properties", {}).items():
-                    types = _types(spec, prop)
-                    if where == "form" and _resolve(spec, prop).get("format") == "binary":
-                        cases.append((method, path, "filename", name, NUL))
-                        continue
-                    if "string" in types or "integer" in types or "array" in types:
-                        cases.append((method, path, where, name, NUL))
-                    if where == "json" and ("integer" in types or "number" in types or "string" in types):
-                        cases.append((method, path, where, name, BIG))
+                    binary = _resolve(spec, prop).get("format") == "binary"
+                    cases.append((method, path, "filename" if binary else "form", name, NUL))
     return cases
+
+
+def _leaves(spec: dict, schema: dict, path: tuple, depth: int = 0):
+    """(JSON path, types) of every scalar field in ``schema``, objects and arrays walked into."""
+    schema = _resolve(spec, schema)
+    options = [_resolve(spec, o) for o in (schema.get("anyOf") or schema.get("oneOf") or [schema])]
+    options = [o for o in options if o.get("type") != "null"]
+    scalars = {o.get("type") for o in options if o.get("type") not in ("object", "array")} - {None}
+    if scalars and path:
+        yield path, scalars
+    if depth > 4:
+        return
+    for option in options:
+        if option.get("type") == "object" or "properties" in option:
+            for name, prop in option.get("properties", {}).items():
+                yield from _leaves(spec, prop, (*path, name), depth + 1)
+        elif option.get("type") == "array" and option.get("items"):
+            yield from _leaves(spec, option["items"], (*path, 0), depth + 1)
+
+
+def _set(body: Any, path: tuple, value: Any) -> Any:
+    """``body`` with ``value`` at ``path`` (missing objects and lists made on the way)."""
+    if not path:
+        return value
+    key, rest = path[0], path[1:]
+    if isinstance(key, int):
+        items = list(body) if isinstance(body, list) and body else [None]
+        items[0] = _set(items[0], rest, value)
+        return items
+    out = dict(body) if isinstance(body, dict) else {}
+    out[key] = _set(out.get(key), rest, value)
+    return out
 
 
 def _spec() -> dict:
@@ -100,7 +135,9 @@ CASES = _cases(SPEC)
 def test_the_fuzz_covers_every_kind_of_field():
     wheres = {c[2] for c in CASES}
     assert wheres == {"path", "query", "json", "form", "filename"}, wheres
-    assert len({(c[0], c[1]) for c in CASES}) >= 20 and len(CASES) >= 80, len(CASES)
+    assert len({(c[0], c[1]) for c in CASES}) >= 35 and len(CASES) >= 200, len(CASES)
+    nested = {".".join(map(str, c[3][1])) for c in CASES if c[2] == "json"}
+    assert {"params.seed", "params.decoys", "seller_dataset_ids.0", "jobs.0.buyer_dataset_id"} <= nested, nested
 
 
 def _request(client, spec, method, path, where, field, value, headers):
@@ -117,12 +154,12 @@ def _request(client, spec, method, path, where, field, value, headers):
     content = op.get("requestBody", {}).get("content", {})
     kwargs: dict[str, Any] = {"params": query, "headers": headers}
     if "application/json" in content:
-        body = _plausible(spec, content["application/json"]["schema"])
-        body = body if isinstance(body, dict) else {}
-        if where == "json":
-            prop = _resolve(spec, content["application/json"]["schema"])["properties"][field]
-            body[field] = [value] if "array" in _types(spec, prop) and value == NUL else value
-        kwargs["json"] = body
+        schema = _resolve(spec, content["application/json"]["schema"])
+        variants = [_resolve(spec, v) for v in schema.get("oneOf") or [schema]]
+        title, json_path = field if where == "json" else (None, ())
+        variant = next((v for v in variants if v.get("title") == title), variants[0])
+        body = _plausible(spec, variant)
+        kwargs["json"] = _set(body if isinstance(body, dict) else {}, json_path, value)
     elif "multipart/form-data" in content:
         schema = _resolve(spec, content["multipart/form-data"]["schema"])
         data, files = {}, {}
@@ -146,7 +183,8 @@ def test_nul_bytes_and_2_to_the_63_are_4xx_on_every_field(client, admin):
     for method, path, where, field, value in CASES:
         r = _request(client, SPEC, method, path, where, field, value, admin.headers)
         shown = "NUL" if value == NUL else "2^63"
-        label = f"{method.upper()} {path} {where}:{field}={shown} → {r.status_code}"
+        name = ".".join(map(str, field[1])) if where == "json" else field
+        label = f"{method.upper()} {path} {where}:{name}={shown} → {r.status_code}"
         if not 400 <= r.status_code < 500:
             failures.append(f"{label}: {r.text[:200]}")
             continue
