@@ -33,6 +33,8 @@ from app.data.parquet_reader import iter_parquet, open_parquet, require_label_co
 
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_CHUNK_ROWS = 65_536
+#: the most bytes of float64 features one block of rows holds (fewer rows per block for wide tables)
+BLOCK_BYTES = 64 * 1024**2
 #: feature columns named like this (any case) that hold exactly two values look like a label that was not named
 LABEL_LIKE = ("label", "labels", "target", "y", "class")
 
@@ -153,6 +155,8 @@ class TableSource:
         return self._chunks(chunk_rows, parse_labels=True)
 
     def _chunks(self, chunk_rows: int, parse_labels: bool) -> Iterator[TableChunk]:
+        # blocks are bounded in bytes as well as rows: 65,536 rows of 100,000 columns would be 52 GB at once
+        chunk_rows = max(1, min(chunk_rows, BLOCK_BYTES // (8 * max(self.n_features, 1))))
         rows = 0
         source = (
             self._npz_chunks(chunk_rows) if self.format == "npz" else self._arrow_chunks(chunk_rows, parse_labels)

@@ -99,3 +99,24 @@ def test_graph_caps_from_npz_headers_and_csv(tmp_path: Path) -> None:
         _refused(validate_graph, f"{nodes},{edges}", limits=Settings(max_graph_nodes=2).read_limits()))
     assert "APPRAISE_MAX_GRAPH_EDGES" in str(
         _refused(validate_graph, f"{nodes},{edges}", limits=Settings(max_graph_edges=1).read_limits()))
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".csv", ".parquet"])
+def test_blocks_are_bounded_in_bytes(tmp_path: Path, monkeypatch, suffix: str) -> None:
+    """A wide table is read in blocks of fewer rows: each block holds at most BLOCK_BYTES of features."""
+    import app.data.tabular as tabular
+
+    monkeypatch.setattr(tabular, "BLOCK_BYTES", 8 * 10 * 16)  # 16 rows of 10 float64 columns
+    x = np.random.default_rng(0).normal(size=(100, 10))
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".npz":
+        np.savez(path, x=x, y=np.arange(100.0))
+    elif suffix == ".csv":
+        path.write_text("\n".join([",".join(f"c{j}" for j in range(10)) + ",label"]
+                                  + [",".join(map(repr, map(float, r))) + f",{i}" for i, r in enumerate(x)]) + "\n")
+    else:
+        pq.write_table(pa.table({**{f"c{j}": x[:, j] for j in range(10)}, "label": np.arange(100.0)}), path)
+    chunks = list(open_table(path, limits=Settings().read_limits()).chunks(chunk_rows=1000))
+    assert max(c.x.shape[0] for c in chunks) == 16
+    assert np.array_equal(np.vstack([c.x for c in chunks]), x)
+    assert np.array_equal(np.concatenate([c.y for c in chunks]), np.arange(100.0))
