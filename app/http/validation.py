@@ -4,7 +4,8 @@ driver raised a 500).
 
 One dependency of every route checks the path and query parameters and the parsed JSON body before an endpoint
 runs, so a new route or model field needs nothing of its own; multipart text fields and file names are checked
-as they are parsed (:mod:`app.http.multipart`). Each refusal is a 422 naming the parameter or the JSON path.
+as they are parsed (:mod:`app.http.multipart`), the portal's page forms by :func:`check_form`. Each refusal is a
+422 naming the parameter or the JSON path.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ def _walk(value: Any, path: tuple[Any, ...]) -> None:
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _walk(item, (*path, i))
+
+
+def check_form(form: Any) -> None:
+    """:class:`Invalid` naming the first field of a parsed form (Starlette's ``FormData``) holding a NUL byte."""
+    for name, value in form.multi_items():
+        text = value if isinstance(value, str) else (getattr(value, "filename", None) or "")
+        if "\x00" in name or "\x00" in text:
+            raise Invalid(f"{name}: contains a NUL byte", field=name)
 
 
 def check_json(value: Any) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from app.db.models import Dataset, Job, Listing, Organization
 from app.db.session import begin_write
 from app.http.deps import SESSION_COOKIE, SessionDep
+from app.http.validation import check_form
 from app.portal.web import FORM_MAX_BYTES, ViewerDep, checked_form, current_viewer, page, policy, redirect
 from app.services import keys as keys_service
 from app.services import users
@@ -64,6 +65,7 @@ async def sign_in(request: Request, session: SessionDep) -> Response:
     if len(await request.body()) > FORM_MAX_BYTES:
         raise Forbidden("the form is too large")
     form = await request.form()
+    check_form(form)
     email, password = str(form.get("email") or ""), str(form.get("password") or "")
     next_path = str(form.get("next") or "")
     token = request.cookies.get(SIGN_IN_COOKIE)

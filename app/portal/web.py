@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app import __version__
 from app.http.deps import SESSION_COOKIE, SessionDep
+from app.http.validation import check_form
 from app.services.errors import Forbidden, ServiceError
 from app.services.keys import Caller
 from app.services.users import SessionPolicy, SignedIn, csrf_ok, csrf_token, session_user
@@ -87,6 +88,7 @@ async def checked_form(request: Request, viewer: Viewer) -> dict[str, str]:
     if len(body) > FORM_MAX_BYTES:
         raise Forbidden("the form is too large")
     form = await request.form()
+    check_form(form)
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     if not csrf_ok(viewer.token, fields.get("csrf_token")):
         raise Forbidden("the form's security token is missing or out of date; reload the page and try again")
