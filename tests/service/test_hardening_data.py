@@ -475,3 +475,32 @@ def test_sweep_keeps_live_resumable_parts(tmp_path):
     mine_now = store.temp_path(".csv")  # written by this live process, young: kept
     assert sorted(store.sweep_temp(50, keep={live.name})) == sorted([stale.name, mine.name])
     assert sorted(p.name for p in (tmp_path / ".tmp").iterdir()) == sorted([live.name, mine_now.name])
+
+
+def test_migration_0005_binds_existing_answers_to_the_first_requester(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from app.db.migrate import downgrade, upgrade
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url, "0004")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for org, when in (("first", "2026-01-01"), ("replayer", "2026-01-02"), ("seller", "2026-01-01")):
+            conn.execute(text("INSERT INTO organizations (id, name, role, named_to_sellers, created_at) "
+                              "VALUES (:i, :i, 'buyer', false, :w)"),
+                         {"i": org, "w": when})
+        rows = [("r1", "first", "request", "2026-01-01"), ("r2", "replayer", "request", "2026-01-02"),
+                ("a1", "seller", "seller", "2026-01-03"), ("p1", "first", "private", "2026-01-01")]
+        for share_id, org, kind, when in rows:
+            conn.execute(text("INSERT INTO shares (id, org_id, kind, method, request_id, storage_key, size_bytes, "
+                              "meta, created_at) VALUES (:i, :o, :k, 'relevance-diversity', 'REQ', :i, 1, '{}', :w)"),
+                         {"i": share_id, "o": org, "k": kind, "w": when})
+    upgrade(url)
+    with engine.connect() as conn:
+        bound = dict(conn.execute(text("SELECT id, requester_org_id FROM shares")).all())
+    assert bound == {"r1": None, "r2": None, "a1": "first", "p1": None}
+    downgrade(url, "0004")
+    with engine.connect() as conn:
+        assert "requester_org_id" not in {c[1] for c in conn.execute(text("PRAGMA table_info(shares)"))}
+    engine.dispose()
