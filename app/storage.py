@@ -13,26 +13,36 @@ import time
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-#: a temporary file's name starts with its writer: ``up~HOST~PID~`` (so a sweep knows a dead writer's leftovers)
+#: a temporary file's name starts with its writer: ``up~HOST~PID~START~`` (START: the process's start time, so a
+#: restarted container whose API has the same PID again still knows the old process's leftovers)
 _OWNER_SEP = "~"
 
 
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), None if it does not run."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22; the command name before ")" may hold spaces
+
+
 def _owner_prefix() -> str:
-    return f"up{_OWNER_SEP}{socket.gethostname()}{_OWNER_SEP}{os.getpid()}{_OWNER_SEP}"
+    pid = os.getpid()
+    return _OWNER_SEP.join(("up", socket.gethostname(), str(pid), _start_time(pid) or "?", ""))
 
 
 def _writer_gone(name: str) -> bool:
     """Whether ``name`` was written by a process of this host that no longer runs."""
     parts = name.split(_OWNER_SEP)
-    if len(parts) < 4 or parts[0] != "up" or parts[1] != socket.gethostname() or not parts[2].isdigit():
+    if len(parts) < 5 or parts[0] != "up" or parts[1] != socket.gethostname() or not parts[2].isdigit():
         return False
-    try:
-        os.kill(int(parts[2]), 0)
-    except ProcessLookupError:
+    started = _start_time(int(parts[2]))
+    if started is None:
         return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return parts[3] not in ("?", started) and started != "?"  # the PID runs again, in another process
 
 
 class StorageLimit(Exception):

@@ -473,8 +473,16 @@ def test_sweep_keeps_live_resumable_parts(tmp_path):
         p.write_bytes(b"x")
         os.utime(p, (time.time() - 100, time.time() - 100))
     mine_now = store.temp_path(".csv")  # written by this live process, young: kept
-    assert sorted(store.sweep_temp(50, keep={live.name})) == sorted([stale.name, mine.name])
-    assert sorted(p.name for p in (tmp_path / ".tmp").iterdir()) == sorted([live.name, mine_now.name])
+    host, pid, started = mine_now.name.split("~")[1:4]
+    # young files of writers that are gone: a dead PID, and this PID in an earlier process (a restarted container)
+    dead = tmp_path / ".tmp" / f"up~{host}~{2**22 + 1}~{started}~a.csv"
+    earlier = tmp_path / ".tmp" / f"up~{host}~{pid}~{int(started) - 1}~b.csv"
+    other_host = tmp_path / ".tmp" / f"up~elsewhere~{2**22 + 1}~1~c.csv"  # not ours to judge: only its age
+    for p in (dead, earlier, other_host):
+        p.write_bytes(b"x")
+    assert sorted(store.sweep_temp(50, keep={live.name})) == sorted([stale.name, mine.name, dead.name, earlier.name])
+    assert sorted(p.name for p in (tmp_path / ".tmp").iterdir()) == sorted([live.name, mine_now.name,
+                                                                           other_host.name])
 
 
 def test_migration_0005_binds_existing_answers_to_the_first_requester(tmp_path):
