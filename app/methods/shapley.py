@@ -267,6 +267,7 @@ DATA_SHAPLEY = Method(
     kind_for=_kind,
     lane_for=_data_shapley_lane,
     columns=POINT_COLUMNS,
+    rank_by="total",  # a seller's worth is the sum of its points' values (Shapley values add up)
     primary=("estimator", "model", "max_permutations", "time_budget", "seed"),
 )
 
@@ -282,6 +283,7 @@ KNN_SHAPLEY = Method(
     params=KnnShapleyParams,
     run_path="app.methods.shapley:run_knn_shapley",
     columns=POINT_COLUMNS,
+    rank_by="total",
     primary=("k",),
 )
 
