@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.data.limits import GiB, ReadLimits
+from app.data.limits import GiB, MiB, ReadLimits, default_expanded_bytes
 
 
 class Settings(BaseSettings):
@@ -18,9 +18,16 @@ class Settings(BaseSettings):
 
     max_file_bytes: int = Field(16 * GiB, gt=0, description="Largest input file accepted, in bytes")
     max_expanded_bytes: int = Field(
-        64 * GiB, gt=0, description="Largest size a compressed input (NPZ, Parquet) may expand to"
-    )
-    max_compression_ratio: float = Field(1000.0, gt=1, description="Expansion ratio that flags a zip bomb")
+        default_factory=default_expanded_bytes, gt=0,
+        description="Largest size a compressed input (NPZ, Parquet) may expand to, checked from its headers before "
+                    "anything is inflated")
+    max_compression_ratio: float = Field(
+        100.0, gt=1, description="Expansion ratio that flags a zip bomb (members over 16 MiB expanded)")
+    max_rows: int = Field(100_000_000, gt=0, description="Rows of one table")
+    max_features: int = Field(100_000, gt=0, description="Feature columns of one table or graph")
+    max_graph_nodes: int = Field(10_000_000, gt=0, description="Nodes of one graph (or collection of graphs)")
+    max_graph_edges: int = Field(100_000_000, gt=0, description="Edges of one graph (or collection of graphs)")
+    max_header_bytes: int = Field(16 * MiB, gt=0, description="Longest CSV header line, in bytes")
     chunk_rows: int = Field(65_536, gt=0, description="Rows per block when streaming a table")
     progress_min_bytes: int = Field(
         32 * 1024**2, ge=0, description="Show CLI progress bars for files at least this large"
@@ -64,6 +71,9 @@ class Settings(BaseSettings):
                             "always, or never")
     upload_expiry_seconds: float = Field(24 * 3600.0, gt=0, description="An unfinished resumable upload is dropped "
                                                                         "this long after it started")
+    temp_max_age_seconds: float = Field(
+        3600.0, gt=0, description="At start-up the API removes temporary upload files older than this (left by a "
+                                  "crash mid-upload)")
     preview_max_rows: int = Field(10_000, ge=0, description="The rows of a dataset its owner may page through in "
                                                             "the preview")
 
@@ -120,12 +130,21 @@ class Settings(BaseSettings):
             max_file_bytes=self.max_file_bytes,
             max_expanded_bytes=self.max_expanded_bytes,
             max_compression_ratio=self.max_compression_ratio,
+            max_rows=self.max_rows,
+            max_features=self.max_features,
+            max_graph_nodes=self.max_graph_nodes,
+            max_graph_edges=self.max_graph_edges,
+            max_header_bytes=self.max_header_bytes,
         )
 
 
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+#: defaults that depend on the machine, shown by their rule
+_SHOWN_DEFAULTS = {"max_threads": "number of CPUs", "max_expanded_bytes": "min(4 GiB, a quarter of the RAM)"}
 
 
 def settings_markdown() -> str:
@@ -136,7 +155,7 @@ def settings_markdown() -> str:
             "| variable | default | description |", "|---|---|---|"]
     for name, info in Settings.model_fields.items():
         default = info.default
-        shown = "number of CPUs" if name == "max_threads" else f"`{default}`"
+        shown = _SHOWN_DEFAULTS.get(name, f"`{default}`")
         rows.append(f"| `APPRAISE_{name.upper()}` | {shown} | {info.description or ''} |")
     return "\n".join(rows) + "\n"
 

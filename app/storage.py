@@ -7,9 +7,32 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Collection, Iterable
 from pathlib import Path
+
+#: a temporary file's name starts with its writer: ``up~HOST~PID~`` (so a sweep knows a dead writer's leftovers)
+_OWNER_SEP = "~"
+
+
+def _owner_prefix() -> str:
+    return f"up{_OWNER_SEP}{socket.gethostname()}{_OWNER_SEP}{os.getpid()}{_OWNER_SEP}"
+
+
+def _writer_gone(name: str) -> bool:
+    """Whether ``name`` was written by a process of this host that no longer runs."""
+    parts = name.split(_OWNER_SEP)
+    if len(parts) < 4 or parts[0] != "up" or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 class StorageLimit(Exception):
@@ -30,7 +53,7 @@ class BlobStore:
 
     def temp_path(self, suffix: str = "") -> Path:
         """A fresh temporary file inside the store (same filesystem as the final place: rename is atomic)."""
-        fd, name = tempfile.mkstemp(dir=self.root / ".tmp", suffix=suffix)
+        fd, name = tempfile.mkstemp(dir=self.root / ".tmp", prefix=_owner_prefix(), suffix=suffix)
         os.close(fd)
         return Path(name)
 
@@ -69,3 +92,22 @@ class BlobStore:
 
     def delete_tree(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def sweep_temp(self, max_age_seconds: float, keep: Collection[str] = (), now: float | None = None) -> list[str]:
+        """Remove leftovers from the temporary folder (a crash mid-upload): files whose writer on this host is
+        gone, and any file unchanged for ``max_age_seconds``; names in ``keep`` (live resumable uploads) stay.
+        Returns the names removed. (Other API processes sharing the store keep their files: they are alive, and a
+        live upload keeps writing, which keeps its file young.)"""
+        now = time.time() if now is None else now
+        removed = []
+        for entry in os.scandir(self.root / ".tmp"):
+            if entry.name in keep or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > max_age_seconds
+                if stale or _writer_gone(entry.name):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+            except FileNotFoundError:  # finished or swept by another process meanwhile
+                continue
+        return removed

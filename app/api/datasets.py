@@ -13,11 +13,12 @@ from starlette.concurrency import run_in_threadpool
 from app.api.problems import responses
 from app.db.models import Dataset
 from app.http.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep
+from app.http.downloads import open_download
 from app.http.multipart import receive_form
 from app.http.paging import Offset
 from app.services import datasets as service
 from app.services import profiles
-from app.services.errors import Invalid
+from app.services.errors import Invalid, NotFound
 
 router = APIRouter(tags=["datasets"])
 
@@ -143,11 +144,12 @@ def delete_dataset(dataset_id: str, caller: CallerDep, session: SessionDep, stor
             responses={200: {"content": {"application/octet-stream": {}, "text/csv": {}},
                              "description": "The file as uploaded"}, **responses(401, 404, 422)})
 def download_dataset(dataset_id: str, caller: CallerDep, session: SessionDep, store: BlobStoreDep,
-                     part: Literal["file", "edges"] = "file") -> FileResponse:
+                     part: Literal["file", "edges"] = "file") -> Response:
     """The raw file as uploaded (owner only); ``part=edges`` for the edges file of a CSV graph."""
     row = service.get_dataset(session, caller, dataset_id)
     path, filename, media_type = service.dataset_file(store, row, part)
-    return FileResponse(path, media_type=media_type, filename=filename)
+    return open_download(path, media_type=media_type, filename=filename,
+                         missing=lambda: NotFound(f"dataset {dataset_id} not found"))
 
 
 # --- profile, preview and data dictionary ------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from app.http.deps import CallerDep, SessionDep, SettingsDep, require_role
 from app.http.events import EVENTS_POLL_SECONDS, job_events
 from app.http.paging import Offset
 from app.services import jobs as service
-from app.services.errors import Conflict
 
 router = APIRouter(tags=["jobs"])
 
@@ -222,7 +221,7 @@ def get_job_record(job_id: str, session: SessionDep, caller: CallerDep) -> dict[
     filled in, the seed, and the name and sha256 of every input."""
     job, result = service.get_job_with_result(session, caller, job_id)
     if result is None:
-        raise Conflict(f"job {job_id} has no result yet ({job.status})", job_status=job.status)
+        raise service.no_result(session, job)
     return result.get("provenance") or {}
 
 
@@ -238,7 +237,7 @@ def download_job_result(job_id: str, session: SessionDep, caller: CallerDep,
 
     job, result = service.get_job_with_result(session, caller, job_id)
     if result is None:
-        raise Conflict(f"job {job_id} has no result yet ({job.status})", job_status=job.status)
+        raise service.no_result(session, job)
     body, media = download(method_of(job.method), result, format)
     return Response(body, media_type=media,
                     headers={"Content-Disposition": f'attachment; filename="{job.method}-{job.id}.{format}"'})

@@ -6,10 +6,11 @@ schema is not at the migrations' head, and with ``worker_mode = embedded`` it ru
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
@@ -21,7 +22,10 @@ from app.api import health, observability, problems
 from app.config import Settings, get_settings
 from app.db.migrate import check_current
 from app.db.session import make_engine, session_factory
+from app.http.validation import reject_unsafe_input
 from app.services.keys import AuthCache
+
+log = logging.getLogger("appraise.api")
 
 API_PREFIX = "/api/v1"
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -29,6 +33,23 @@ STATIC = Path(__file__).resolve().parents[1] / "static"
 
 def _operation_id(route: APIRoute) -> str:
     return route.name
+
+
+def _sweep_temp_files(app: FastAPI) -> None:
+    """Start-up: remove what a crash mid-upload left in the blob store's temporary folder."""
+    from app.db.session import transaction
+    from app.services.resumable import sweep_leftovers
+    from app.storage import BlobStore
+
+    settings = app.state.settings
+    try:
+        with transaction(app.state.sessions) as session:
+            removed = sweep_leftovers(session, BlobStore(settings.storage_dir), settings.temp_max_age_seconds)
+    except Exception:  # noqa: BLE001 - a failed sweep must not stop the service; the next start tries again
+        log.warning("could not sweep temporary upload files", exc_info=True)
+        return
+    if removed:
+        log.info("removed %d leftover temporary upload files", len(removed))
 
 
 def create_app(settings: Settings | None = None, *, check_schema: bool = True) -> FastAPI:
@@ -56,12 +77,14 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
         generate_unique_id_function=_operation_id,
         docs_url=None,
         redoc_url=None,
+        # NUL bytes and integers past 64 bits are a 422 on every route, the same on SQLite and Postgres
+        dependencies=[Depends(reject_unsafe_input)],
     )
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
     app.state.auth_cache = AuthCache(ttl=settings.auth_cache_seconds)
-    app.state.on_start = []
+    app.state.on_start = [_sweep_temp_files]
     app.state.on_stop = []
     if settings.worker_mode == "embedded":
         from app.worker.supervisor import start_embedded, stop_embedded

@@ -14,6 +14,7 @@ from app.api.jobs import JobOut, job_out
 from app.api.problems import responses
 from app.db.models import Share
 from app.http.deps import BlobStoreDep, CallerDep, SessionDep, SettingsDep, require_role
+from app.http.downloads import open_download
 from app.http.multipart import receive_form
 from app.services import shares as service
 from app.services.errors import Invalid, UnsupportedMediaType
@@ -29,6 +30,10 @@ _UPLOAD_BODY: dict[str, Any] = {
             "kind": {"type": "string", "enum": list(service.SHARE_KINDS),
                      "description": "request (PREFIX.request.npz, public to sellers), private (PREFIX.private.npz, "
                                     "broker only) or seller (a seller's answer to a request)"},
+            "request_share_id": {"type": "string", "maxLength": 64,
+                                 "description": "kind=seller: the request share answered (the share id the buyer "
+                                                "gave); default: the first upload of the share's request. The "
+                                                "answer is visible to that request's organization alone"},
         }}}}}}
 
 
@@ -38,6 +43,9 @@ class ShareOut(BaseModel):
     method: str
     request_id: str | None
     org_id: str = Field(description="The organization that uploaded it")
+    requester_org_id: str | None = Field(
+        None, description="A seller share: the buyer organization whose request it answers (the only one besides "
+                          "the seller that sees it, and the only one that may score it)")
     size_bytes: int
     mine: bool = Field(description="Uploaded by the caller's organization")
     meta: dict[str, Any]
@@ -64,7 +72,8 @@ class ScoreRequest(BaseModel):
 def _out(share: Share, caller_org: str) -> ShareOut:
     mine = share.org_id == caller_org
     return ShareOut(id=share.id, kind=share.kind, method=share.method, request_id=share.request_id,
-                    org_id=share.org_id, size_bytes=share.size_bytes, mine=mine,
+                    org_id=share.org_id, requester_org_id=share.requester_org_id, size_bytes=share.size_bytes,
+                    mine=mine,
                     meta=(share.meta or {}) if mine or share.kind == "request" else {}, created_at=share.created_at)
 
 
@@ -76,8 +85,8 @@ async def create_share(request: Request, session: SessionDep, settings: Settings
     unpickled)."""
     cap = min(settings.max_upload_bytes, service.SHARE_MAX_FILE_BYTES)
     try:
-        form = await receive_form(request, store, max_file_bytes=cap, file_fields=("file",), text_fields=("kind",),
-                                  suffixes=(".npz",))
+        form = await receive_form(request, store, max_file_bytes=cap, file_fields=("file",),
+                                  text_fields=("kind", "request_share_id"), suffixes=(".npz",))
     except UnsupportedMediaType:
         raise Invalid("file: required: upload the share file as multipart/form-data (a file part named file)",
                       field="file") from None
@@ -90,7 +99,8 @@ async def create_share(request: Request, session: SessionDep, settings: Settings
         if received is None:
             raise Invalid("file: required (the share file, uploaded as a multipart file part)", field="file")
         share = await run_in_threadpool(service.keep_share, session, caller, store, kind=kind, temp=received.temp,
-                                        filename=received.filename, size=received.size_bytes)
+                                        filename=received.filename, size=received.size_bytes,
+                                        request_share_id=form.fields.get("request_share_id") or None)
     finally:
         await run_in_threadpool(form.discard)
     return _out(share, caller.org_id)
@@ -119,7 +129,8 @@ def get_share(share_id: str, session: SessionDep, caller: CallerDep) -> ShareOut
 def download_share(share_id: str, session: SessionDep, store: BlobStoreDep, caller: CallerDep) -> Response:
     """The share file: a request share for any organization that knows its id; other shares for the owner only."""
     share, path = service.share_for_download(session, caller, store, share_id)
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{share.id}.{share.kind}.npz")
+    return open_download(path, media_type="application/octet-stream", filename=f"{share.id}.{share.kind}.npz",
+                         missing=lambda: service.share_gone(share_id))
 
 
 @router.delete("/shares/{share_id}", operation_id="delete_share", status_code=204, responses=responses(401, 404))

@@ -29,7 +29,8 @@ from app.data.errors import (
     RaggedRow,
 )
 
-HEADER_PROBE_BYTES = 4 * 1024**2
+HEADER_PROBE_BYTES = 1024**2  # the header line is read in blocks of this size
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024**2
 UTF8_BOM = codecs.BOM_UTF8
 
 
@@ -42,14 +43,31 @@ class RecordBlock:
     progress: float  # fraction of the file's bytes consumed so far
 
 
-def _header_cells(path: Path) -> list[str]:
-    """The fields of the first record of ``path`` exactly as written (pyarrow names its columns by these)."""
+def _header_line(path: Path, max_bytes: int) -> bytes:
+    """The first line of ``path`` (without its newline and a UTF-8 BOM), read in blocks up to ``max_bytes``; a
+    longer one is refused rather than cut (a cut header used to look like duplicate column names)."""
+    line = bytearray()
     with open(path, "rb") as fh:
-        probe = fh.read(HEADER_PROBE_BYTES)
-    if probe.startswith(UTF8_BOM):
-        probe = probe[len(UTF8_BOM) :]
-    end = probe.find(b"\n")
-    first = probe if end < 0 else probe[:end]
+        while len(line) <= max_bytes:
+            block = fh.read(min(HEADER_PROBE_BYTES, max_bytes + 1 - len(line)) or 1)
+            if not block:
+                break
+            end = block.find(b"\n")
+            if end >= 0:
+                line += block[:end]
+                break
+            line += block
+    if line.startswith(UTF8_BOM):
+        del line[: len(UTF8_BOM)]
+    if len(line) > max_bytes:
+        raise CorruptFile(path, f"header line is longer than {max_bytes:,} bytes, this server's cap "
+                                "(APPRAISE_MAX_HEADER_BYTES)", location="header")
+    return bytes(line.rstrip(b"\r"))
+
+
+def _header_cells(path: Path, max_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> list[str]:
+    """The fields of the first record of ``path`` exactly as written (pyarrow names its columns by these)."""
+    first = _header_line(path, max_bytes)
     try:
         text = first.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -59,10 +77,10 @@ def _header_cells(path: Path) -> list[str]:
     return next(csv.reader(io.StringIO(text)))
 
 
-def read_header(path: Path) -> list[str]:
+def read_header(path: Path, max_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> list[str]:
     """Column names from the first record of ``path`` (surrounding spaces dropped), checked for emptiness and
     duplicates."""
-    names = [h.strip() for h in _header_cells(path)]
+    names = [h.strip() for h in _header_cells(path, max_bytes)]
     seen: set[str] = set()
     for i, name in enumerate(names):
         if not name:
@@ -89,7 +107,10 @@ def iter_csv(
     the caller's finiteness check (so the message can say which it was).
     """
     # pyarrow names columns by the header as written; ``header`` has the names stripped of spaces.
-    raw_names = _header_cells(path)
+    raw_names = _header_cells(path, max_bytes=2**62)  # read_header already held it to the cap
+    # pyarrow needs a whole row in one block: rows of a wide table are far longer than the default block
+    header_bytes = sum(len(n.encode()) + 1 for n in raw_names)
+    block_bytes = max(block_bytes, min(64 * 1024**2, 32 * header_bytes))
     types = {
         raw: (pa.float64() if name in numeric else pa.string())
         for raw, name in zip(raw_names, header, strict=True)

@@ -69,6 +69,12 @@ class FileTooLarge(DataError):
     hint = "split the file, or ask the operator to raise the cap"
 
 
+class TooLarge(DataError):
+    code = "over-cap"
+    title = "Input exceeds a size cap"
+    hint = "split or reduce the input, or ask the operator to raise the cap named"
+
+
 class EmptyFile(DataError):
     code = "empty-file"
     title = "File holds no data"

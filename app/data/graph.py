@@ -42,7 +42,7 @@ from app.data.errors import (
     UnknownNode,
     UnsupportedFormat,
 )
-from app.data.limits import ReadLimits, check_file
+from app.data.limits import ReadLimits, check_file, check_graph_size, check_table_shape
 from app.data.npz import NpyHeader, NpzArchive
 
 NPZ_ARRAYS = ("x", "edge_index", "edge_weight", "y", "batch", "graph_y", "num_nodes")
@@ -186,7 +186,11 @@ def _read_npz(path: Path, limits: ReadLimits) -> GraphData:
         # Shapes and dtypes first, from the headers alone: a wrong file fails before any data is inflated.
         h_edges = _edge_index_header(path, headers["edge_index"])
         m = h_edges.shape[1]
+        check_graph_size(path, limits, None, m)
         h_x = npz.require_numeric("x", 2) if "x" in headers else None
+        if h_x is not None:
+            check_graph_size(path, limits, h_x.shape[0], None)
+            check_table_shape(path, limits, None, h_x.shape[1], location="array 'x'")
 
         def vector(name: str, kinds: str, what: str) -> NpyHeader | None:
             return _vector_header(path, headers[name], kinds, what) if name in headers else None
@@ -220,10 +224,12 @@ def _read_npz(path: Path, limits: ReadLimits) -> GraphData:
                     raise BadBatch(path, problem, location="array 'batch'")
                 raise ArrayShapeError(path, problem, location="array 'x'")
 
+        check_graph_size(path, limits, n, None)
         edge_index = npz.read("edge_index")
         _check_not_negative(path, edge_index)
         if n is None:
             n, source = (int(edge_index.max()) + 1 if m else 0), "largest index in 'edge_index' + 1"
+            check_graph_size(path, limits, n, None)
         if n <= 0:
             raise EmptyFile(path, f"the graph has no nodes ({source or 'no edges and no node arrays'})")
         edge_index = _check_edge_range(path, edge_index, n, source)
@@ -440,8 +446,10 @@ def _kind(value: float) -> str:
 def _read_csv_pair(nodes_path: Path, edges_path: Path, limits: ReadLimits) -> GraphData:
     check_file(nodes_path, limits)
     check_file(edges_path, limits)
-    node_ids, x, y = _read_nodes(nodes_path)
-    edge_index, edge_weight = _read_edges(edges_path, node_ids, nodes_path)
+    node_ids, x, y = _read_nodes(nodes_path, limits)
+    check_graph_size(nodes_path, limits, len(node_ids), None)
+    edge_index, edge_weight = _read_edges(edges_path, node_ids, nodes_path, limits)
+    check_graph_size(edges_path, limits, None, edge_index.shape[1])
     ids = node_ids.to_pylist()
     return GraphData(
         x=x,
@@ -456,8 +464,9 @@ def _read_csv_pair(nodes_path: Path, edges_path: Path, limits: ReadLimits) -> Gr
     )
 
 
-def _read_nodes(path: Path) -> tuple[pa.Array, np.ndarray | None, np.ndarray | None]:
-    header = read_header(path)
+def _read_nodes(path: Path, limits: ReadLimits) -> tuple[pa.Array, np.ndarray | None, np.ndarray | None]:
+    header = read_header(path, limits.max_header_bytes)
+    check_table_shape(path, limits, None, len(header), location="header")
     if NODE_ID_COLUMN not in header:
         raise ColumnError(
             path,
@@ -537,8 +546,9 @@ def _csv_labels(path: Path, labels: pa.Array, ids: pa.Array) -> np.ndarray:
     return values
 
 
-def _read_edges(path: Path, node_ids: pa.Array, nodes_path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    header = read_header(path)
+def _read_edges(path: Path, node_ids: pa.Array, nodes_path: Path,
+                limits: ReadLimits) -> tuple[np.ndarray, np.ndarray | None]:
+    header = read_header(path, limits.max_header_bytes)
     missing = [c for c in EDGE_COLUMNS if c not in header]
     if missing:
         raise ColumnError(

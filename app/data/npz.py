@@ -69,6 +69,8 @@ class NpzArchive:
         return sorted(self._members)
 
     def _check_members(self) -> None:
+        """Sizes from the zip directory, before any member is inflated (a member's reader never yields more than
+        the size the directory declares, so these bounds hold for what is read later)."""
         limits = self.limits
         total = 0
         for info in self._zip.infolist():
@@ -85,13 +87,15 @@ class NpzArchive:
                 if ratio > limits.max_compression_ratio:
                     raise ZipBomb(
                         self.path,
-                        f"expands {ratio:,.0f}-fold (limit {limits.max_compression_ratio:,.0f})",
+                        f"expands {ratio:,.0f}-fold; this server's cap is {limits.max_compression_ratio:,.0f}-fold "
+                        "(APPRAISE_MAX_COMPRESSION_RATIO)",
                         location=f"array {name!r}",
                     )
             if total > limits.max_expanded_bytes:
                 raise ZipBomb(
                     self.path,
-                    f"expands to more than {limits.max_expanded_bytes:,} bytes",
+                    f"expands to more than {limits.max_expanded_bytes:,} bytes, this server's cap "
+                    "(APPRAISE_MAX_EXPANDED_BYTES)",
                     location=f"array {name!r}",
                 )
             self._members[name] = info

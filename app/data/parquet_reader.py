@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from app.data.csv_reader import RecordBlock, check_nulls
 from app.data.errors import ColumnError, CorruptFile, NonNumericValue, ZipBomb
-from app.data.limits import ReadLimits
+from app.data.limits import ReadLimits, check_table_shape
 
 # Memory: pyarrow's default reader pre-buffers whole column chunks and reads ahead across row groups, so its
 # footprint grows with the row-group size (a 1M-row group of 256 float64 columns is 2 GB). A buffered stream,
@@ -30,7 +30,9 @@ def open_parquet(path: Path, limits: ReadLimits) -> pq.ParquetFile:
     encoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     expanded = max(encoded, meta.num_rows * meta.num_columns * 8)
     if expanded > limits.max_expanded_bytes:
-        raise ZipBomb(path, f"expands to {expanded:,} bytes; the limit is {limits.max_expanded_bytes:,}")
+        raise ZipBomb(path, f"expands to {expanded:,} bytes; this server's cap is {limits.max_expanded_bytes:,} "
+                            "(APPRAISE_MAX_EXPANDED_BYTES)")
+    check_table_shape(path, limits, meta.num_rows, meta.num_columns, location="schema")
     names = pf.schema_arrow.names
     seen: set[str] = set()
     for name in names:

@@ -27,12 +27,14 @@ from app.data.errors import (
     UnexpectedArray,
     UnsupportedFormat,
 )
-from app.data.limits import ReadLimits, check_file
+from app.data.limits import ReadLimits, check_cap, check_file, check_table_shape
 from app.data.npz import NpzArchive
 from app.data.parquet_reader import iter_parquet, open_parquet, require_label_column, require_numeric_columns
 
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_CHUNK_ROWS = 65_536
+#: the most bytes of float64 features one block of rows holds (fewer rows per block for wide tables)
+BLOCK_BYTES = 64 * 1024**2
 #: feature columns named like this (any case) that hold exactly two values look like a label that was not named
 LABEL_LIKE = ("label", "labels", "target", "y", "class")
 
@@ -75,7 +77,8 @@ class TableSource:
         suffix = self.path.suffix.lower()
         if suffix == ".csv":
             self.format = "csv"
-            all_columns = read_header(self.path)
+            all_columns = read_header(self.path, self.limits.max_header_bytes)
+            check_table_shape(self.path, self.limits, None, len(all_columns), location="header")
         elif suffix in (".parquet", ".pq"):
             self.format = "parquet"
             self._parquet = open_parquet(self.path, self.limits)
@@ -120,6 +123,7 @@ class TableSource:
                     self.path, f"unexpected arrays {sorted(extra)}; a table holds only 'x' and optional 'y'"
                 )
             hx = npz.require_numeric("x", 2)
+            check_table_shape(self.path, self.limits, hx.shape[0], hx.shape[1], location="array 'x'")
             if "y" in npz.headers:
                 hy = npz.headers["y"]
                 if len(hy.shape) != 1 or hy.shape[0] != hx.shape[0]:
@@ -151,6 +155,8 @@ class TableSource:
         return self._chunks(chunk_rows, parse_labels=True)
 
     def _chunks(self, chunk_rows: int, parse_labels: bool) -> Iterator[TableChunk]:
+        # blocks are bounded in bytes as well as rows: 65,536 rows of 100,000 columns would be 52 GB at once
+        chunk_rows = max(1, min(chunk_rows, BLOCK_BYTES // (8 * max(self.n_features, 1))))
         rows = 0
         source = (
             self._npz_chunks(chunk_rows) if self.format == "npz" else self._arrow_chunks(chunk_rows, parse_labels)
@@ -158,6 +164,7 @@ class TableSource:
         for chunk in source:
             _check_finite(self.path, chunk.x, chunk.start_row, self.columns)
             rows += chunk.x.shape[0]
+            check_cap(self.path, self.limits, "max_rows", rows, "rows or more")
             self._note_distinct(chunk.x)
             yield chunk
         if rows == 0:

@@ -263,6 +263,9 @@ class Share(IdMixin, Base):
     kind: Mapped[str] = mapped_column(String(16))  # request | private | seller
     method: Mapped[str] = mapped_column(String(40))
     request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: a seller share: the one buyer organization whose request it answers (the only one that may see or score it)
+    requester_org_id: Mapped[str | None] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True, default=None)
     storage_key: Mapped[str] = mapped_column(String(300))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)

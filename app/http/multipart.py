@@ -148,6 +148,8 @@ class StreamingForm:
         if name not in self.file_fields:
             raise Invalid(f"{name}: unexpected file field", field=name)
         filename = client_filename(options[b"filename"].decode("utf-8", "replace"))
+        if "\x00" in filename:
+            raise Invalid(f"{name}: the file name contains a NUL byte", field=name)
         suffix = os.path.splitext(filename)[1].lower()
         if not filename or suffix not in self.suffixes:
             allowed = ", ".join(self.suffixes)
@@ -185,9 +187,12 @@ class StreamingForm:
             f.sha256 = f._hash.hexdigest()
         elif self._text is not None:
             try:
-                self.fields[self._text_name] = self._text.decode("utf-8")
+                text = self._text.decode("utf-8")
             except UnicodeDecodeError:
                 raise Invalid(f"{self._text_name}: not UTF-8 text", field=self._text_name) from None
+            if "\x00" in text:
+                raise Invalid(f"{self._text_name}: contains a NUL byte", field=self._text_name)
+            self.fields[self._text_name] = text
             self._text = None
 
     def _on_end(self) -> None:

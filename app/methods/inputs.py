@@ -64,8 +64,15 @@ class Inputs:
         refs = [("buyer", self.buyer), *(("seller", s) for s in self.sellers)]
         return refs + ([("base", self.base)] if self.base is not None else [])
 
-    def names(self) -> dict[str, str]:
+    def names(self, reader_org_id: str | None = None) -> dict[str, str]:
         """{server path: the name to show}: what error messages say instead of a path (see
-        :func:`app.data.errors.with_names`)."""
-        return {str(p): (ref.file_names[i] if ref.file_names else ref.name)
-                for _, ref in self.all() for i, p in enumerate(ref.paths)}
+        :func:`app.data.errors.with_names`). With ``reader_org_id`` (the service: the organization that reads the
+        error), another organization's files are named by their dataset's listed name, never by the file names its
+        owner uploaded."""
+        def shown(ref: DataRef, i: int) -> str:
+            foreign = reader_org_id is not None and ref.owner_org_id not in (None, reader_org_id)
+            if foreign:
+                return ref.name if len(ref.paths) == 1 else f"{ref.name} ({('nodes', 'edges')[i]} file)"
+            return ref.file_names[i] if ref.file_names else ref.name
+
+        return {str(p): shown(ref, i) for _, ref in self.all() for i, p in enumerate(ref.paths)}

@@ -66,7 +66,9 @@ class DataShapleyParams(ModelParams):
     estimator: Literal["tmc", "exact", "banzhaf", "beta"] = Field("tmc", description="tmc | exact | banzhaf | beta")
     beta_alpha: float = Field(defaults.BETA_ALPHA, gt=0, le=1e6, description="Beta Shapley α")
     beta_beta: float = Field(defaults.BETA_BETA, gt=0, le=1e6, description="Beta Shapley β")
-    stderr_target: float | None = Field(None, gt=0, description="Stop when every point's standard error is below")
+    stderr_target: float | None = Field(
+        None, gt=0, le=1,
+        description="Stop when every point's standard error is below (values are accuracy differences: at most 1)")
     truncation: float = Field(defaults.TRUNCATION, ge=0, le=1,
                               description="TMC truncation tolerance (relative; 0 disables)")
 

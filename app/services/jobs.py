@@ -41,7 +41,7 @@ from app.db.session import begin_write
 from app.methods import METHODS, Caps, Method, Params, ParamsError
 from app.services.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.services.keys import Caller
-from app.services.listings import dataset_visible_for_valuation
+from app.services.listings import dataset_visible_for_valuation, withdrawn_from, withdrawn_message
 
 VALUE_ORDERS = ("value_desc", "value_asc", "index")
 #: per-point keys a result summary must never show the buyer (they are the sellers' rows)
@@ -310,9 +310,17 @@ def get_job_with_result(session: Session, caller: Caller, job_id: str) -> tuple[
     if row is None:
         raise _not_found_job(job_id)
     job, summary = row
-    if job.status not in FINISHED_STATES or summary is None:
+    if job.status not in FINISHED_STATES or summary is None or withdrawn_from(session, job.org_id, [job.id]):
         return job, None
     return job, buyer_view(job.method, summary)
+
+
+def no_result(session: Session, job: Job) -> Conflict:
+    """Why a job shows no result: not finished yet, or withheld because a seller withdrew its listing."""
+    withdrawn = withdrawn_from(session, job.org_id, [job.id]).get(job.id)
+    if withdrawn is not None and job.status in FINISHED_STATES:
+        return Conflict(f"job {job.id}: {withdrawn_message(withdrawn)}", job_status=job.status)
+    return Conflict(f"job {job.id} has no result yet ({job.status})", job_status=job.status)
 
 
 def result_for_buyer(session: Session, job: Job) -> dict[str, Any] | None:
@@ -321,7 +329,7 @@ def result_for_buyer(session: Session, job: Job) -> dict[str, Any] | None:
     if job.status not in FINISHED_STATES:
         return None
     result = session.get(JobResult, job.id)
-    if result is None:
+    if result is None or withdrawn_from(session, job.org_id, [job.id]):
         return None
     return buyer_view(job.method, result.summary)
 
@@ -333,7 +341,8 @@ def results_for_buyer(session: Session, jobs: list[Job]) -> dict[str, dict[str, 
         return {}
     methods = {j.id: j.method for j in jobs}
     rows = session.scalars(select(JobResult).where(JobResult.job_id.in_(ids))).all()
-    return {r.job_id: buyer_view(methods[r.job_id], r.summary) for r in rows}
+    withheld = withdrawn_from(session, jobs[0].org_id, ids)
+    return {r.job_id: buyer_view(methods[r.job_id], r.summary) for r in rows if r.job_id not in withheld}
 
 
 def buyer_view(method: str, summary: dict[str, Any]) -> dict[str, Any]:

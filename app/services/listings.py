@@ -43,8 +43,33 @@ class ListingView:
 
 def _open_to(caller: Caller) -> ColumnElement[bool]:
     """Listings the caller may value: public ones and those naming its organization."""
-    named = exists().where(ListingBuyer.listing_id == Listing.id, ListingBuyer.buyer_org_id == caller.org_id)
+    return _open_to_org(caller.org_id)
+
+
+def _open_to_org(org_id: str) -> ColumnElement[bool]:
+    named = exists().where(ListingBuyer.listing_id == Listing.id, ListingBuyer.buyer_org_id == org_id)
     return or_(Listing.public.is_(True), named)
+
+
+def withdrawn_from(session: Session, org_id: str, job_ids: list[str]) -> dict[str, str]:
+    """{job id: dataset id} for the jobs (of ``org_id``) that use another organization's dataset which is no longer
+    listed to ``org_id`` (its listing withdrawn, or no longer naming the buyer). The worker refuses to run such a
+    job, and its stored values are withheld from the buyer: they are readable only while the buyer may still
+    value every dataset they were computed from."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(JobDataset.job_id, Dataset.id)
+        .join(Dataset, Dataset.id == JobDataset.dataset_id)
+        .where(JobDataset.job_id.in_(job_ids), Dataset.org_id != org_id,
+               ~exists().where(Listing.dataset_id == Dataset.id, _open_to_org(org_id)))
+    ).all()
+    return {job_id: dataset_id for job_id, dataset_id in rows}
+
+
+def withdrawn_message(dataset_id: str) -> str:
+    return (f"seller dataset {dataset_id} is no longer listed to your organization (its listing was withdrawn); "
+            "values computed from it are not shown")
 
 
 def _visible(caller: Caller) -> ColumnElement[bool]:

@@ -236,3 +236,12 @@ def _require_complete(upload: Upload, field: str) -> None:
     if upload.offset != upload.length:
         raise Invalid(f"{field}: upload {upload.id} is not finished ({upload.offset:,} of {upload.length:,} bytes)",
                       field=field)
+
+
+def sweep_leftovers(session: Session, store: BlobStore, max_age_seconds: float) -> list[str]:
+    """At start-up: drop expired resumable uploads (rows and parts), then the temporary files nothing owns (see
+    :meth:`BlobStore.sweep_temp`); the parts of unexpired uploads stay, so a client may still resume."""
+    expired_uploads(session, store)
+    session.flush()
+    live = set(session.scalars(select(Upload.temp_name).where(Upload.completed_at.is_(None))).all())
+    return store.sweep_temp(max_age_seconds, keep=live)

@@ -38,6 +38,11 @@ def _not_found(share_id: str) -> NotFound:
     return NotFound(f"share {share_id} not found", share_id=share_id)
 
 
+def share_gone(share_id: str) -> NotFound:
+    """The 404 of a share deleted between reading its row and opening its file."""
+    return _not_found(share_id)
+
+
 @dataclass(frozen=True)
 class Checked:
     method: str
@@ -74,10 +79,11 @@ def check_share_file(path: Path, kind: str) -> Checked:
 
 
 def keep_share(session: Session, caller: Caller, store: BlobStore, *, kind: str, temp: Path, filename: str,
-               size: int) -> Share:
+               size: int, request_share_id: str | None = None) -> Share:
     """Keep one uploaded share file (already streamed into the blob store's ``temp`` under the cap): validated by
     the share readers, moved to its key, then the row; on any failure nothing stays (the caller discards
-    ``temp``)."""
+    ``temp``). A seller share is bound to the request share it answers (``request_share_id``, else the first
+    upload of its request) and so to that one buyer organization."""
     if kind not in SHARE_KINDS:
         raise Invalid(f"kind must be one of {', '.join(SHARE_KINDS)}, not {kind!r}", field="kind")
     try:
@@ -85,21 +91,13 @@ def keep_share(session: Session, caller: Caller, store: BlobStore, *, kind: str,
     except DataError as exc:  # name the upload, never the server's temporary path
         raise with_names(exc, {str(temp): filename}, str(store.root)) from None
     begin_write(session)
-    if kind == "seller":
-        answered = session.scalar(
-            select(Share.id).where(Share.kind == "request", Share.request_id == checked.request_id,
-                                   Share.method == checked.method).limit(1)
-        )
-        if answered is None:
-            raise Invalid(f"{filename} answers request {checked.request_id}, which was not uploaded here: "
-                          "a seller share must answer a request share (POST /shares kind=request)",
-                          request_id=checked.request_id)
+    requester = _requester_of(session, checked, filename, request_share_id) if kind == "seller" else None
     share_id = new_id()
     key = f"shares/{caller.org_id}/{share_id}.npz"
     store.commit(temp, key)
     try:
         share = Share(id=share_id, org_id=caller.org_id, kind=kind, method=checked.method,
-                      request_id=checked.request_id, storage_key=key, size_bytes=size,
+                      request_id=checked.request_id, requester_org_id=requester, storage_key=key, size_bytes=size,
                       meta={**checked.meta, "filename": Path(filename).name})
         session.add(share)
         session.flush()
@@ -109,21 +107,39 @@ def keep_share(session: Session, caller: Caller, store: BlobStore, *, kind: str,
     return share
 
 
-def _request_ids_of(session: Session, caller: Caller) -> list[str]:
-    return [r for r in session.scalars(
-        select(Share.request_id).where(Share.org_id == caller.org_id, Share.kind.in_(("request", "private")))
-    ).all() if r]
+def _requester_of(session: Session, checked: Checked, filename: str, request_share_id: str | None) -> str:
+    """The buyer organization a seller share answers: the owner of the request share it names, else of the first
+    upload of its request. Request ids are content hashes, so another organization may upload the same request
+    file later; it is never the one a seller answers unless the seller names its share."""
+    if request_share_id is not None:
+        request = session.get(Share, request_share_id)
+        if request is None or request.kind != "request":
+            raise _not_found(request_share_id)
+        if (request.request_id, request.method) != (checked.request_id, checked.method):
+            raise Invalid(f"{filename} answers request {checked.request_id}, not request share {request_share_id}'s "
+                          f"request {request.request_id}", field="request_share_id")
+        return request.org_id
+    first = session.scalar(
+        select(Share.org_id).where(Share.kind == "request", Share.request_id == checked.request_id,
+                                   Share.method == checked.method).order_by(Share.created_at, Share.id).limit(1))
+    if first is None:
+        raise Invalid(f"{filename} answers request {checked.request_id}, which was not uploaded here: "
+                      "a seller share must answer a request share (POST /shares kind=request)",
+                      request_id=checked.request_id)
+    return first
+
+
+def _answers_caller(share: Share, caller: Caller) -> bool:
+    return share.kind == "seller" and share.requester_org_id == caller.org_id
 
 
 def get_share(session: Session, caller: Caller, share_id: str) -> Share:
     """A share the caller may see: its own; any request share (public by design, reached by id); a seller share
-    answering one of the caller's requests (metadata only: see :func:`share_for_download`)."""
+    answering the caller's own request (metadata only: see :func:`share_for_download`)."""
     share = session.get(Share, share_id)
     if share is None:
         raise _not_found(share_id)
-    if share.org_id == caller.org_id or share.kind == "request":
-        return share
-    if share.kind == "seller" and share.request_id in _request_ids_of(session, caller):
+    if share.org_id == caller.org_id or share.kind == "request" or _answers_caller(share, caller):
         return share
     raise _not_found(share_id)
 
@@ -138,9 +154,8 @@ def share_for_download(session: Session, caller: Caller, store: BlobStore, share
 
 def list_shares(session: Session, caller: Caller, *, request_id: str | None = None) -> list[Share]:
     """The caller's shares and the seller shares answering its requests, newest first."""
-    mine = _request_ids_of(session, caller)
-    where = [or_(Share.org_id == caller.org_id, (Share.kind == "seller") & Share.request_id.in_(mine))] if mine \
-        else [Share.org_id == caller.org_id]
+    where = [or_(Share.org_id == caller.org_id,
+                 (Share.kind == "seller") & (Share.requester_org_id == caller.org_id))]
     if request_id is not None:
         where.append(Share.request_id == request_id)
     return list(session.scalars(select(Share).where(*where).order_by(Share.created_at.desc(), Share.id)).all())
@@ -153,7 +168,9 @@ def delete_share(session: Session, caller: Caller, store: BlobStore, share_id: s
         raise _not_found(share_id)
     key = share.storage_key
     session.delete(share)
-    session.flush()
+    # the row goes first: a download that read it has opened the file (an open file outlives its name), one that
+    # did not finds no row; removing the file before the commit left a row pointing at nothing if the commit failed
+    session.commit()
     store.delete(key)
 
 

@@ -63,7 +63,7 @@ def execute_job(config: WorkerConfig, claim: Claim, *, parent_pid: int | None = 
     stopped being ours (or the parent worker died), or whatever else went wrong."""
     from app.methods.context import RunContext
     from app.storage import BlobStore
-    from app.worker.runner import job_inputs, job_params, method_of, split_points
+    from app.worker.runner import ListingWithdrawn, job_inputs, job_params, method_of, split_points
 
     engine = make_engine(config.database_url)
     factory = session_factory(engine)
@@ -73,13 +73,13 @@ def execute_job(config: WorkerConfig, claim: Claim, *, parent_pid: int | None = 
             job = session.get(Job, claim.job_id)
             if job is None:
                 raise LostLease(claim.job_id)
-            method = method_of(job)
+            method, org_id = method_of(job), job.org_id
             try:
                 params = job_params(job)
                 inputs = job_inputs(session, job, BlobStore(Path(config.storage_dir)))
-            except USER_ERRORS as exc:
+            except (*USER_ERRORS, ListingWithdrawn) as exc:
                 raise UserError(queue.one_line(exc)) from exc
-        names = inputs.names()
+        names = inputs.names(reader_org_id=org_id)  # the buyer reads last_error: no seller's file names
         hooks = _Hooks(config, claim, factory, parent_pid)
         resume = queue.load_checkpoint(factory, claim.job_id)
         ctx = RunContext(device=config.device, limits=config.limits, chunk_rows=config.chunk_rows,

@@ -71,10 +71,26 @@ def share_inputs(session: Session, job: Job, store: BlobStore) -> Inputs:
     return Inputs(buyer=refs[0], sellers=refs[1:])
 
 
+class ListingWithdrawn(ValueError):
+    """A seller withdrew the listing of a dataset this job values before the job ran: it fails, not retried."""
+
+
+def check_still_listed(session: Session, job: Job) -> None:
+    """Visibility is checked again when work starts: a dataset of another organization must still be listed to
+    the job's organization (it was when the job was submitted)."""
+    from app.services.listings import withdrawn_from, withdrawn_message
+
+    withdrawn = withdrawn_from(session, job.org_id, [job.id]).get(job.id)
+    if withdrawn is not None:
+        raise ListingWithdrawn(f"{withdrawn_message(withdrawn)}; the job was not run")
+
+
 def job_inputs(session: Session, job: Job, store: BlobStore) -> Inputs:
-    """The job's datasets as method inputs (in their roles and order); a dataset deleted since is a user error."""
+    """The job's datasets as method inputs (in their roles and order); a dataset deleted since, or one whose
+    listing was withdrawn, is a user error."""
     if method_of(job).id == GRAPH_BLIND_SCORE:
         return share_inputs(session, job, store)
+    check_still_listed(session, job)
     links = sorted(job.datasets, key=lambda d: (d.role, d.position))
     ids = [d.dataset_id for d in links if d.dataset_id is not None]
     rows = {d.id: d for d in session.scalars(select(Dataset).where(Dataset.id.in_(ids))).all()}

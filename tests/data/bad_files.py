@@ -490,14 +490,16 @@ CORPUS: list[BadFile] = [
     BadFile(parquet_truncated, errors.CorruptFile, "corrupt-file", (), "not a valid Parquet file"),
     BadFile(parquet_no_rows, errors.EmptyFile, "empty-file", (), "no data rows"),
     BadFile(
-        parquet_large_expansion, errors.ZipBomb, "zip-bomb", (), "the limit is 100,000",
+        parquet_large_expansion, errors.ZipBomb, "zip-bomb", (),
+        "this server's cap is 100,000 (APPRAISE_MAX_EXPANDED_BYTES)",
         limits=ReadLimits(max_expanded_bytes=100_000),
     ),
     # NPZ: pickles and bombs
     BadFile(npz_pickled_objects, errors.PickleRefused, "pickle-refused", ("array 'x'",), "Python objects"),
     BadFile(npz_pickled_labels, errors.PickleRefused, "pickle-refused", ("array 'y'",), "Python objects"),
     BadFile(
-        npz_zip_bomb, errors.ZipBomb, "zip-bomb", ("array 'x'",), "-fold (limit 100)",
+        npz_zip_bomb, errors.ZipBomb, "zip-bomb", ("array 'x'",),
+        "-fold; this server's cap is 100-fold (APPRAISE_MAX_COMPRESSION_RATIO)",
         limits=ReadLimits(max_compression_ratio=100, ratio_floor_bytes=1024**2),
     ),
     BadFile(

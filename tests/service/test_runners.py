@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from app import queue
 from app.data.tabular import open_table, read_table
-from app.db.models import Job, JobCheckpoint, JobEvent, JobResult, PointValue
+from app.db.models import Job, JobCheckpoint, JobEvent, JobResult, Listing, PointValue
 from app.db.session import make_engine, session_factory, transaction
 from app.methods import ParamsError as JobParamsError
 from app.methods import validate_params
@@ -57,6 +57,9 @@ class World:
             s.add(Dataset(id=ds_id, org_id=org_id, name=name, kind=kind, format=Path(keys[0]).suffix[1:],
                           filename=",".join(files), size_bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest(),
                           label_column=label_column, has_labels=label_column is not None, storage_keys=keys))
+            if org_id != self.buyer_org:  # as a buyer's job needs: another organization's dataset is listed to it
+                s.flush()
+                s.add(Listing(org_id=org_id, dataset_id=ds_id, public=True))
         return ds_id
 
     def path(self, ds_key: str) -> Path:
@@ -335,11 +338,21 @@ def test_bad_params_and_bad_files_are_user_errors_naming_the_file(world):
     with world.factory() as s:  # let the next claim find the next job
         s.get(Job, job).status = "failed"
         s.commit()
-    bad = world.dataset(world.seller_org, {"broken.csv": b"f0,f1,f2,label\n1,2,x,1\n"}, label_column="label")
+    bad = world.dataset(world.seller_org, {"broken.csv": b"f0,f1,f2,label\n1,2,x,1\n"}, label_column="label",
+                        name="seller table")
     job2 = world.job("knn-shapley", buyer, [bad])
     with pytest.raises(UserError) as info:
         world.run_in_process(job2)
-    assert "broken.csv" in str(info.value) and str(world.settings.storage_dir) not in str(info.value)
+    # the buyer reads this error: the seller's dataset is named as listed, never by the file name it uploaded
+    assert "seller table" in str(info.value) and "broken.csv" not in str(info.value)
+    assert str(world.settings.storage_dir) not in str(info.value)
+    own = world.dataset(world.buyer_org, {"mine.csv": b"f0,f1,f2,label\n1,2,x,1\n"}, label_column="label")
+    with world.factory() as s:
+        s.get(Job, job2).status = "failed"
+        s.commit()
+    job3 = world.job("knn-shapley", own, sellers)
+    with pytest.raises(UserError, match="mine.csv"):  # the buyer's own upload keeps its file name
+        world.run_in_process(job3)
     with world.factory() as s:
         assert s.scalar(select(func.count()).select_from(JobResult)) == 0
 
