@@ -70,6 +70,9 @@ class Settings(BaseSettings):
         60.0, gt=0, description="A request body that sends nothing for this long is answered 408 and dropped")
     keep_alive_seconds: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this "
                                                              "long (appraise serve)")
+    header_read_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection whose request head (request line and headers) is not complete this "
+                                "long after it opened, or after its previous response, is closed (appraise serve)")
     max_header_bytes: int = Field(64 * 1024, ge=4096, description="Largest request head (request line and "
                                                                   "headers) the server accepts (appraise serve)")
     auth_failure_burst: int = Field(

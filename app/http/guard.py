@@ -40,6 +40,8 @@ _UPLOAD_ROUTES = {  # (method, path pattern) → how many files of max_upload_by
     ("POST", re.compile(r"^/api/v1/shares/?$")): 1,
     ("POST", re.compile(r"^/portal/datasets/new/?$")): 2,
 }
+#: refusals close the connection: the body they did not read is not read afterwards either
+_CLOSE = {"Connection": "close"}
 _CHUNK_ROUTE = ("PATCH", re.compile(r"^/api/v1/uploads/[^/]+/?$"))
 _BATCH_ROUTE = ("POST", re.compile(r"^/api/v1/batches/?$"))
 
@@ -111,17 +113,17 @@ class RequestGuard:
             return
         state = scope["app"].state
         method, path = scope["method"], scope["path"]
-        cap = body_cap(method, path, state.settings)
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > cap.bytes:
-            await _too_large(cap)(scope, receive, send)
-            return
-        if _needs_identity(method, path):
+        if _needs_identity(method, path):  # first: a stranger learns nothing, not even the caps
             outcome = await self._identify(scope, state)
             if isinstance(outcome, Response):
                 await outcome(scope, receive, send)
                 return
             scope.setdefault("state", {})["identity"] = outcome
+        cap = body_cap(method, path, state.settings)
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > cap.bytes:
+            await _too_large(cap)(scope, receive, send)
+            return
         await _capped(self.app, scope, receive, send, cap, state.settings.body_read_timeout_seconds)
 
     # --- authentication ---------------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ class RequestGuard:
         wait = self.throttle.retry_after(*buckets)
         if wait is not None:
             return problem(429, "Too many requests", f"too many failed authentications from this client; retry in "
-                           f"{wait} s", instance=scope["path"], headers={"Retry-After": str(wait)})
+                           f"{wait} s", instance=scope["path"], headers={"Retry-After": str(wait), **_CLOSE})
         try:
             identity = await _lookup(state, scheme, key, _cookie(scope, SESSION_COOKIE))
         except Exception as exc:
@@ -145,7 +147,7 @@ class RequestGuard:
         if identity is None:
             self.throttle.failed(*buckets)
             return problem(401, "Unauthorized", "a valid API key is required: Authorization: Bearer apr_... (or a "
-                           "portal session)", instance=scope["path"], headers={"WWW-Authenticate": "Bearer"})
+                           "portal session)", instance=scope["path"], headers={"WWW-Authenticate": "Bearer", **_CLOSE})
         return identity
 
 
@@ -167,7 +169,7 @@ async def _lookup(state, scheme: str, key: str, cookie: str | None) -> Identity 
 def _too_large(cap: BodyCap) -> Response:
     return problem(413, "Payload too large", f"the request body is larger than this route's cap of {cap.bytes:,} "
                    f"bytes ({cap.setting}); send less (large files: the resumable upload, in chunks)",
-                   headers={"Connection": "close"})
+                   headers=_CLOSE)
 
 async def _capped(app, scope, receive, send, cap: BodyCap, timeout: float) -> None:
     """Run the route with a ``receive`` that counts the body and waits at most the read time-out for each
@@ -183,7 +185,7 @@ async def _capped(app, scope, receive, send, cap: BodyCap, timeout: float) -> No
             message = await asyncio.wait_for(receive(), timeout)
         except TimeoutError:
             refused = problem(408, "Request timeout", f"the request body sent nothing for {timeout:g} s",
-                              headers={"Connection": "close"})
+                              headers=_CLOSE)
             raise _BodyRefused from None
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
