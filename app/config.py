@@ -60,6 +60,43 @@ class Settings(BaseSettings):
         10.0, ge=0, description="A cancelled running job may take this long to stop on its own (a Monte Carlo job "
                                 "keeps the values it has) before its process is killed")
 
+    # --- the HTTP layer: database pool, body caps, time-outs, abuse limits, CORS, metrics -------------------
+    db_pool_size: int = Field(10, ge=1, description="Database connections an API process keeps open")
+    db_max_overflow: int = Field(10, ge=0, description="Connections beyond the pool size an API process may open "
+                                                       "under load (closed when returned)")
+    db_pool_timeout_seconds: float = Field(
+        2.0, gt=0, description="How long a request waits for a free database connection before it is answered 503 "
+                               "with Retry-After (short on purpose: a full pool sheds load instead of queueing)")
+    db_retry_after_seconds: int = Field(5, ge=1, description="Retry-After of a 503 when the database is "
+                                                             "unreachable or its pool is exhausted, in seconds")
+    max_json_body_bytes: int = Field(1024**2, gt=0, description="Largest body of a route that takes JSON or a form "
+                                                                "(413 beyond it); uploads have their own caps")
+    max_upload_chunk_bytes: int = Field(
+        64 * 1024**2, gt=0, description="Largest body of one resumable-upload PATCH (a chunk), in bytes")
+    body_read_timeout_seconds: float = Field(
+        60.0, gt=0, description="A request body that sends nothing for this long is answered 408 and dropped")
+    keep_alive_seconds: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this "
+                                                             "long (appraise serve)")
+    header_read_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection whose request head (request line and headers) is not complete this "
+                                "long after it opened, or after its previous response, is closed (appraise serve)")
+    max_header_bytes: int = Field(64 * 1024, ge=4096, description="Largest request head (request line and "
+                                                                  "headers) the server accepts (appraise serve)")
+    auth_failure_burst: int = Field(
+        20, ge=1, description="Failed authentications a client address (or an API key prefix) may make in a burst "
+                              "before it is answered 429")
+    auth_failure_refill_seconds: float = Field(
+        3.0, gt=0, description="One more failed authentication is allowed per this many seconds after a burst")
+    cors_allow_origins: str = Field(
+        "", description="Comma-separated origins (scheme://host[:port]) whose browser pages may call the API; "
+                        "none by default")
+    cors_allow_credentials: bool = Field(
+        False, description="Let the allowed origins send cookies and Authorization (credentialed CORS requests)")
+    metrics_access: Literal["loopback", "token", "public"] = Field(
+        "loopback", description="Who may read /metrics: loopback (clients on 127.0.0.0/8 or ::1), token (a "
+                                "Bearer APPRAISE_METRICS_TOKEN), or public")
+    metrics_token: str = Field("", description="The Bearer token /metrics asks for when metrics_access is token")
+
     # --- the portal -----------------------------------------------------------------------------------------
     session_lifetime_seconds: float = Field(12 * 3600.0, gt=0, description="A portal session ends this long after "
                                                                            "sign-in")
@@ -118,6 +155,9 @@ class Settings(BaseSettings):
         for part in filter(None, (p.strip() for p in value.split(","))):
             ipaddress.ip_network(part, strict=False)  # a ValueError names the bad entry
         return value
+
+    def cors_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()]
 
     def caps(self):
         """The caps on job parameters (:class:`app.methods.params.Caps`)."""
