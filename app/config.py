@@ -80,8 +80,8 @@ class Settings(BaseSettings):
     header_read_timeout_seconds: float = Field(
         10.0, gt=0, description="A connection whose request head (request line and headers) is not complete this "
                                 "long after it opened, or after its previous response, is closed (appraise serve)")
-    max_header_bytes: int = Field(64 * 1024, ge=4096, description="Largest request head (request line and "
-                                                                  "headers) the server accepts (appraise serve)")
+    max_request_head_bytes: int = Field(64 * 1024, ge=4096, description="Largest request head (request line and "
+                                                                        "headers) the server accepts (appraise serve)")
     auth_failure_burst: int = Field(
         20, ge=1, description="Failed authentications a client address (or an API key prefix) may make in a burst "
                               "before it is answered 429")

@@ -4,7 +4,7 @@ uvicorn closes an *idle* keep-alive connection after ``timeout_keep_alive``, but
 request head (a byte every few seconds) is never closed: hundreds of them hold sockets for as long as they like.
 :func:`head_timeout_protocol` is uvicorn's h11 protocol with one more timer: a connection whose request head is
 not complete ``seconds`` after the connection opened (or after the previous response) is closed. h11 also refuses
-a head larger than ``h11_max_incomplete_event_size`` (``max_header_bytes``). A slow *body* is the request guard's
+a head larger than ``h11_max_incomplete_event_size`` (``max_request_head_bytes``). A slow *body* is the request guard's
 (``body_read_timeout_seconds``).
 """
 
@@ -50,4 +50,4 @@ def server_limits(settings) -> dict:
     """``uvicorn.run`` options from the settings."""
     return {"http": head_timeout_protocol(settings.header_read_timeout_seconds),
             "timeout_keep_alive": settings.keep_alive_seconds,
-            "h11_max_incomplete_event_size": settings.max_header_bytes}
+            "h11_max_incomplete_event_size": settings.max_request_head_bytes}
