@@ -66,13 +66,15 @@ class Caps:
     max_batch_size: int = 4096
     max_subsample: int = 1_000_000
     max_replicates: int = 2000
+    max_workers: int = 64
 
     @classmethod
     def from_settings(cls, settings: Any) -> Caps:
         return cls(max_permutations=settings.max_permutations, max_time_budget=settings.max_time_budget_seconds,
                    default_time_budget=settings.default_time_budget_seconds, max_decoys=settings.max_decoys,
                    max_threads=settings.max_threads, max_batch_size=settings.max_batch_size,
-                   max_subsample=settings.max_subsample, max_replicates=settings.max_replicates)
+                   max_subsample=settings.max_subsample, max_replicates=settings.max_replicates,
+                   max_workers=settings.max_workers)
 
     def setting(self, name: str) -> str:
         return "APPRAISE_" + {"max_time_budget": "MAX_TIME_BUDGET_SECONDS",

@@ -57,9 +57,31 @@ class ModelParams(Params):
                                                       "models)", json_schema_extra=capped("max_threads"))
     batch_size: int = Field(defaults.BATCH_SIZE, ge=1, description="Permutations (or subsets) per batch",
                             json_schema_extra=capped("max_batch_size"))
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where Monte Carlo batches run: local (worker processes on this machine) or ray (Ray "
+                             "tasks); the same seed gives the same values with either and any number of workers")
+    workers: int | None = Field(None, ge=1, le=1024, description="Batches computed at once: local processes "
+                                "(default 1: this process) or Ray tasks (default: every CPU of the cluster)",
+                                json_schema_extra=capped("max_workers"))
+    ray_address: str | None = Field(None, min_length=1, max_length=500,
+                                    description="The Ray cluster for executor ray (e.g. ray://head:10001); default "
+                                                "a local Ray started for the run. The service uses "
+                                                "APPRAISE_RAY_ADDRESS instead")
     base_dataset_id: str | None = Field(
         None, min_length=1, max_length=64, description="The buyer's own training set (one of its datasets), in "
                                                        "every coalition's model", json_schema_extra=API_ONLY)
+
+    def check(self) -> list[tuple[str | None, str]]:
+        if self.ray_address is not None and self.executor != "ray":
+            return [("ray_address", "is for `executor` ray; add --executor ray or leave it out")]
+        return []
+
+    def capped_problems(self, caps) -> list[tuple[str | None, str]]:
+        problems = super().capped_problems(caps)
+        if self.ray_address is not None:  # a job may not point the service's workers at a cluster of its choosing
+            problems.append(("ray_address", "is not taken by the service: its workers use the cluster set by "
+                                            "APPRAISE_RAY_ADDRESS; leave it out"))
+        return problems
 
 
 class DataShapleyParams(ModelParams):
@@ -162,16 +184,18 @@ def removal_curve(utility, values: torch.Tensor) -> dict[str, Any]:
 
 
 def run_data_shapley(inputs: Inputs, p: DataShapleyParams, ctx: RunContext) -> dict[str, Any]:
-    from app.methods.montecarlo import mc_progress, stopping
+    from app.methods.montecarlo import job_executor, mc_progress, stopping
     from app.valuation.shapley.estimators import banzhaf_msr, beta_shapley, exact_shapley, tmc_shapley
 
     config, utility, parts = model_utility(inputs, p, ctx)
     progress = mc_progress(ctx, f"{p.estimator} over {utility.n_players:,} points")
+    executor = None
     if p.estimator == "exact":
         result = exact_shapley(utility, progress=progress)
     else:
+        executor = job_executor(p, ctx)
         mc = dict(seed=p.seed, stop=stopping(p, ctx, p.estimator, utility.n_players, p.stderr_target),
-                  progress=progress, checkpoint=ctx.checkpoint, resume_from=ctx.resume)
+                  progress=progress, checkpoint=ctx.checkpoint, resume_from=ctx.resume, executor=executor)
         if p.estimator == "tmc":
             result = tmc_shapley(utility, truncation=p.truncation or None, batch_size=p.batch_size, **mc)
         elif p.estimator == "beta":
@@ -183,6 +207,7 @@ def run_data_shapley(inputs: Inputs, p: DataShapleyParams, ctx: RunContext) -> d
     return result_object("data-shapley", entries, buyer=inputs.buyer.name, utility=utility_info(config, p),
                          u_full=utility.full_value(), u_empty=utility.empty_value(), **convergence(result),
                          removal_curve=removal_curve(utility, result.values),
+                         executor=None if executor is None else executor.describe(),
                          provenance=provenance("data-shapley", p, inputs))
 
 
@@ -216,17 +241,19 @@ def run_knn_shapley(inputs: Inputs, p: KnnShapleyParams, ctx: RunContext) -> dic
 def run_seller_shapley(inputs: Inputs, p: SellerShapleyParams, ctx: RunContext) -> dict[str, Any]:
     import numpy as np
 
-    from app.methods.montecarlo import mc_progress, stopping
+    from app.methods.montecarlo import job_executor, mc_progress, stopping
     from app.valuation.shapley.estimators import EXACT_MAX_SELLERS, SellerUtility, seller_shapley
 
     config, points, parts = model_utility(inputs, p, ctx)
     groups = np.repeat(np.arange(len(parts)), [len(q.y) for q in parts])
     utility = SellerUtility(points, groups, n_sellers=len(parts))
     mc = len(parts) > EXACT_MAX_SELLERS
+    executor = job_executor(p, ctx) if mc else None
     result = seller_shapley(utility, seed=p.seed, stop=stopping(p, ctx, "seller", len(parts), None),
                             batch_size=p.batch_size,
                             progress=mc_progress(ctx, f"seller Shapley over {len(parts)} sellers"),
-                            checkpoint=ctx.checkpoint if mc else None, resume_from=ctx.resume if mc else None)
+                            checkpoint=ctx.checkpoint if mc else None, resume_from=ctx.resume if mc else None,
+                            executor=executor)
     values = result.values.detach().cpu().double().numpy()
     se = result.standard_errors.detach().cpu().double().numpy() if result.estimator != "exact" else None
     entries = [seller_entry(ref, {"value": float(values[i]), "stderr": None if se is None else float(se[i]),
@@ -234,6 +261,7 @@ def run_seller_shapley(inputs: Inputs, p: SellerShapleyParams, ctx: RunContext) 
                for i, ref in enumerate(inputs.sellers)]
     out = result_object("seller-shapley", entries, buyer=inputs.buyer.name, utility=utility_info(config, p),
                         u_full=points.full_value(), u_empty=points.empty_value(), **convergence(result),
+                        executor=None if executor is None else executor.describe(),
                         provenance=provenance("seller-shapley", p, inputs))
     out["values"] = values.tolist()  # one per seller, in the order given (also when there is one seller)
     out["stderr"] = None if se is None else se.tolist()
