@@ -13,6 +13,7 @@ from app.valuation.shapley.executors import Executor, make_executor
 from app.valuation.shapley.stopping import StoppingCriterion, default_stopping
 
 if TYPE_CHECKING:
+    from app.methods.params import ExecutorParams
     from app.methods.shapley import ModelParams
     from app.valuation.shapley.results import ValuationResult
 
@@ -43,7 +44,7 @@ def stopping(p: ModelParams, ctx: RunContext, estimator: str, n_players: int,
     return rule | StopRequested(ctx.stop_requested)
 
 
-def job_executor(p: ModelParams, ctx: RunContext) -> Executor:
+def job_executor(p: ExecutorParams, ctx: RunContext) -> Executor:
     """Where the job's batches run: the service's Ray cluster when ``APPRAISE_RAY_ADDRESS`` is set (every Monte
     Carlo job is sharded over it), else what the params ask for (``executor``, ``workers``, ``ray_address``)."""
     if ctx.ray_address:

@@ -21,7 +21,7 @@ import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -147,6 +147,34 @@ class Params(BaseModel):
                 if value > cap:
                     problems.append((name, f"{value:g} is over this server's cap of {cap:g} "
                                            f"({caps.setting(cap_name)})"))
+        return problems
+
+
+class ExecutorParams(Params):
+    """Where a Monte Carlo method's batches run (:mod:`app.valuation.shapley.executors`); the same seed gives the
+    same values with any choice."""
+
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where Monte Carlo batches run: local (worker processes on this machine) or ray (Ray "
+                             "tasks); the same seed gives the same values with either and any number of workers")
+    workers: int | None = Field(None, ge=1, le=1024, description="Batches computed at once: local processes "
+                                "(default 1: this process) or Ray tasks (default: every CPU of the cluster)",
+                                json_schema_extra=capped("max_workers"))
+    ray_address: str | None = Field(None, min_length=1, max_length=500,
+                                    description="The Ray cluster for executor ray (e.g. ray://head:10001); default "
+                                                "a local Ray started for the run. The service uses "
+                                                "APPRAISE_RAY_ADDRESS instead")
+
+    def check(self) -> list[tuple[str | None, str]]:
+        if self.ray_address is not None and self.executor != "ray":
+            return [("ray_address", "is for `executor` ray; add --executor ray or leave it out")]
+        return []
+
+    def capped_problems(self, caps) -> list[tuple[str | None, str]]:
+        problems = super().capped_problems(caps)
+        if self.ray_address is not None:  # a job may not point the service's workers at a cluster of its choosing
+            problems.append(("ray_address", "is not taken by the service: its workers use the cluster set by "
+                                            "APPRAISE_RAY_ADDRESS; leave it out"))
         return problems
 
 

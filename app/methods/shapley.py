@@ -17,7 +17,7 @@ from app.methods.catalogue import Column, Lane, Method
 from app.methods.context import RunContext
 from app.methods.inputs import DataRef, Inputs
 from app.methods.labelled import GRAPH_MODELS, load_labelled, pooled_labels
-from app.methods.params import API_ONLY, Params, capped
+from app.methods.params import API_ONLY, ExecutorParams, Params, capped
 from app.methods.results import provenance, result_object, seller_entry, value_stats
 from app.valuation import defaults
 
@@ -29,7 +29,7 @@ Metric = Literal["accuracy", "balanced_accuracy", "f1", "r2", "neg_mse"]
 SEED = Field(0, ge=0, le=2**63 - 1, description="Seed: the same seed gives the same values")
 
 
-class ModelParams(Params):
+class ModelParams(ExecutorParams):
     monte_carlo = True
 
     model: Model = Field("logistic", description="logistic | ridge | mlp | knn | sgc (graphs: node "
@@ -57,31 +57,9 @@ class ModelParams(Params):
                                                       "models)", json_schema_extra=capped("max_threads"))
     batch_size: int = Field(defaults.BATCH_SIZE, ge=1, description="Permutations (or subsets) per batch",
                             json_schema_extra=capped("max_batch_size"))
-    executor: Literal["local", "ray"] = Field(
-        "local", description="Where Monte Carlo batches run: local (worker processes on this machine) or ray (Ray "
-                             "tasks); the same seed gives the same values with either and any number of workers")
-    workers: int | None = Field(None, ge=1, le=1024, description="Batches computed at once: local processes "
-                                "(default 1: this process) or Ray tasks (default: every CPU of the cluster)",
-                                json_schema_extra=capped("max_workers"))
-    ray_address: str | None = Field(None, min_length=1, max_length=500,
-                                    description="The Ray cluster for executor ray (e.g. ray://head:10001); default "
-                                                "a local Ray started for the run. The service uses "
-                                                "APPRAISE_RAY_ADDRESS instead")
     base_dataset_id: str | None = Field(
         None, min_length=1, max_length=64, description="The buyer's own training set (one of its datasets), in "
                                                        "every coalition's model", json_schema_extra=API_ONLY)
-
-    def check(self) -> list[tuple[str | None, str]]:
-        if self.ray_address is not None and self.executor != "ray":
-            return [("ray_address", "is for `executor` ray; add --executor ray or leave it out")]
-        return []
-
-    def capped_problems(self, caps) -> list[tuple[str | None, str]]:
-        problems = super().capped_problems(caps)
-        if self.ray_address is not None:  # a job may not point the service's workers at a cluster of its choosing
-            problems.append(("ray_address", "is not taken by the service: its workers use the cluster set by "
-                                            "APPRAISE_RAY_ADDRESS; leave it out"))
-        return problems
 
 
 class DataShapleyParams(ModelParams):
