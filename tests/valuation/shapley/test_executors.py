@@ -100,3 +100,25 @@ def test_make_executor_names_bad_choices():
         make_executor("spark")
     with pytest.raises(ValuationError, match="ray_address is for executor 'ray'"):
         make_executor("local", 2, "127.0.0.1:6379")
+
+
+def _in_daemon(utility, conn) -> None:
+    executor = LocalExecutor(2)
+    result = tmc_shapley(utility, seed=11, batch_size=4, executor=executor, stop=MaxPermutations(8))
+    conn.send((result.values.tolist(), executor.note))
+
+
+def test_local_workers_in_a_daemonic_process_run_in_it_with_the_same_values(utility):
+    """A service job runs in a daemonic process, which may not start processes: the run stays in it, says so,
+    and gives the same values."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_in_daemon, args=(utility, send), daemon=True)
+    child.start()
+    values, note = receive.recv()
+    child.join(timeout=60)
+    serial = tmc_shapley(utility, seed=11, batch_size=4, stop=MaxPermutations(8))
+    assert values == serial.values.tolist()
+    assert "daemonic" in note and "ray" in note
