@@ -77,7 +77,8 @@ def main() -> None:
         s, r = timed(utility, a.perms, a.batch, RayExecutor(a.workers))
         rows.append(("ray (warm workers)", a.workers, s, float((r.values - serial.values).abs().max())))
         ray.shutdown()
-    print(f"\nTMC-Shapley, {a.n} points, {a.perms} permutations (batches of {a.batch}), logistic, one thread a worker\n")
+    print(f"\nTMC-Shapley, {a.n} points, {a.perms} permutations (batches of {a.batch}), logistic, "
+          "one thread a worker\n")
     print("| executor | workers | wall s | speed-up vs this process | max abs diff to serial values |")
     print("|---|---:|---:|---:|---:|")
     for name, w, s, diff in rows:
