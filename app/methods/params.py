@@ -6,7 +6,9 @@ Field names are the CLI options in snake_case (``max_permutations`` is ``--max-p
 
 - ``"x-cap": NAME``: the value is bounded by the server-side cap ``Caps.NAME`` (from settings) when a job is
   submitted to the service; ``/api/v1/methods`` shows the cap as the field's ``maximum``;
-- ``"x-cli": False``: an API-only field (e.g. ``base_dataset_id``: the CLI takes ``--base PATH`` instead).
+- ``"x-cli": False``: an API-only field (e.g. ``base_dataset_id``: the CLI takes ``--base PATH`` instead);
+- ``"x-api": False``: a CLI-only field (``ray_address``: the service's workers use ``APPRAISE_RAY_ADDRESS``), left
+  out of ``/api/v1/methods`` and refused in a job.
 
 Validation errors are :class:`ParamsError`: a list of (field, message) pairs, so that each adapter names the
 field its own way (``--max-permutations`` on the command line, ``params.max_permutations`` in a 422). Messages
@@ -87,6 +89,7 @@ def capped(cap: str, **extra: Any) -> dict[str, Any]:
 
 
 API_ONLY = {"x-cli": False}
+CLI_ONLY = {"x-api": False}
 
 
 def comma_list(value: Any) -> Any:
@@ -163,7 +166,7 @@ class ExecutorParams(Params):
     ray_address: str | None = Field(None, min_length=1, max_length=500,
                                     description="The Ray cluster for executor ray (e.g. ray://head:10001); default "
                                                 "a local Ray started for the run. The service uses "
-                                                "APPRAISE_RAY_ADDRESS instead")
+                                                "APPRAISE_RAY_ADDRESS instead", json_schema_extra=CLI_ONLY)
 
     def check(self) -> list[tuple[str | None, str]]:
         if self.ray_address is not None and self.executor != "ray":
