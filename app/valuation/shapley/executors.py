@@ -26,6 +26,7 @@ import concurrent.futures as cf
 import contextlib
 import multiprocessing
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -192,7 +193,9 @@ class RayExecutor(Executor):
 
     def _connect(self, ray) -> bool:
         """Connect to the cluster (or start a local one); True when this run started Ray and must shut it down."""
-        if ray.is_initialized():
+        if self.address:
+            check_reachable(self.address)
+        if ray.is_initialized():  # this process is already a Ray driver (a test, a notebook): use its cluster
             return False
         try:
             if self.address:
@@ -220,6 +223,22 @@ class RayExecutor(Executor):
             cancel_ray(ray, list(pending))
             if started:
                 ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast with a clear message when the cluster's port does not answer (``ray.init`` would retry for
+    minutes). ``auto`` (the cluster this machine belongs to) is left to Ray."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValuationError(f"Ray address {address!r} is not host:port (e.g. ray-head:6379 or ray://ray-head:10001)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ValuationError(f"no Ray cluster answers at {address} ({exc}); start one (`ray start --head`) or fix "
+                             "--ray-address / APPRAISE_RAY_ADDRESS") from exc
 
 
 def cancel_ray(ray, refs: list) -> None:

@@ -122,3 +122,10 @@ def test_local_workers_in_a_daemonic_process_run_in_it_with_the_same_values(util
     serial = tmc_shapley(utility, seed=11, batch_size=4, stop=MaxPermutations(8))
     assert values == serial.values.tolist()
     assert "daemonic" in note and "ray" in note
+
+
+def test_an_unreachable_ray_address_fails_fast_with_the_address_named(utility):
+    with pytest.raises(ValuationError, match="no Ray cluster answers at 127.0.0.1:1"):
+        tmc_shapley(utility, seed=1, batch_size=4, stop=MaxPermutations(4), executor=RayExecutor(2, "127.0.0.1:1"))
+    with pytest.raises(ValuationError, match="is not host:port"):
+        tmc_shapley(utility, seed=1, batch_size=4, stop=MaxPermutations(4), executor=RayExecutor(2, "nowhere"))
