@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     worker_start_method: Literal["forkserver", "spawn"] = Field(
         "forkserver", description="How job processes start: forkserver (forked from a process that imported "
         "torch, POT and torch_geometric once: ~30 ms) or spawn (a fresh interpreter each: seconds)")
+    ray_address: str | None = Field(
+        None, description="A Ray cluster (e.g. `ray://ray-head:10001` or `ray-head:6379`): workers shard every Monte "
+                          "Carlo job's batches over it (the `ray` extra; same values as one process)")
     max_upload_bytes: int = Field(2 * GiB, gt=0, description="Largest upload accepted, in bytes")
     lease_seconds: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeats")
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its jobs' leases")
@@ -123,6 +126,8 @@ class Settings(BaseSettings):
     max_decoys: int = Field(1024, ge=0, description="Decoy directions in a blind request")
     max_threads: int = Field(max(os.cpu_count() or 1, 1), ge=1, description="CPU threads a job may use")
     max_batch_size: int = Field(4096, ge=1, description="Permutations (or subsets) per Monte Carlo batch")
+    max_workers: int = Field(64, ge=1, description="Batches one Monte Carlo job may compute at once (`workers`: "
+                                                   "local processes or Ray tasks)")
     max_subsample: int = Field(1_000_000, ge=2, description="Embedding rows each party may send (graphs)")
     max_replicates: int = Field(2000, ge=0, description="Bootstrap replicates a relevance-diversity job may ask "
                                 "for (each costs a small eigenproblem per seller)")
