@@ -2,6 +2,7 @@
 #   API (CPU):      docker build --target api -t appraise-api .
 #   worker (CUDA):  docker build --target worker --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 \
 #                       --build-arg TORCH_VERSION=2.14.1 -t appraise-worker .
+#   Ray node:       docker build --target ray (same build args as the worker) -t appraise-ray .
 # The base stage is the CLI image (batch valuations: `docker run appraise value ...`).
 FROM python:3.11-slim AS base
 
@@ -37,5 +38,15 @@ HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
 
+# The worker also carries Ray (the extra appraise[ray]): with APPRAISE_RAY_ADDRESS it shards Monte Carlo jobs
+# over a Ray cluster, whose nodes run the `ray` image below (the same code and torch, so batches unpickle there).
 FROM base AS worker
+USER root
+RUN pip install ".[ray]"
+USER appraise
 CMD ["worker"]
+
+# A Ray node (head or worker) for the compose profile `ray`.
+FROM worker AS ray
+ENTRYPOINT ["ray"]
+CMD ["start", "--head", "--block"]

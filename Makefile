@@ -9,7 +9,7 @@ $(BIN)/appraise: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first (from local disk where available), so the range in pyproject is met by it.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $(BIN)/appraise
 
 setup: $(BIN)/appraise

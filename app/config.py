@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     worker_start_method: Literal["forkserver", "spawn"] = Field(
         "forkserver", description="How job processes start: forkserver (forked from a process that imported "
         "torch, POT and torch_geometric once: ~30 ms) or spawn (a fresh interpreter each: seconds)")
+    ray_address: str | None = Field(
+        None, description="A Ray cluster (e.g. `ray://ray-head:10001` or `ray-head:6379`): workers shard every Monte "
+                          "Carlo job's batches over it (the `ray` extra; same values as one process)")
     max_upload_bytes: int = Field(2 * GiB, gt=0, description="Largest upload accepted, in bytes")
     lease_seconds: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeats")
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its jobs' leases")
@@ -59,6 +62,43 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(
         10.0, ge=0, description="A cancelled running job may take this long to stop on its own (a Monte Carlo job "
                                 "keeps the values it has) before its process is killed")
+
+    # --- the HTTP layer: database pool, body caps, time-outs, abuse limits, CORS, metrics -------------------
+    db_pool_size: int = Field(10, ge=1, description="Database connections an API process keeps open")
+    db_max_overflow: int = Field(10, ge=0, description="Connections beyond the pool size an API process may open "
+                                                       "under load (closed when returned)")
+    db_pool_timeout_seconds: float = Field(
+        2.0, gt=0, description="How long a request waits for a free database connection before it is answered 503 "
+                               "with Retry-After (short on purpose: a full pool sheds load instead of queueing)")
+    db_retry_after_seconds: int = Field(5, ge=1, description="Retry-After of a 503 when the database is "
+                                                             "unreachable or its pool is exhausted, in seconds")
+    max_json_body_bytes: int = Field(1024**2, gt=0, description="Largest body of a route that takes JSON or a form "
+                                                                "(413 beyond it); uploads have their own caps")
+    max_upload_chunk_bytes: int = Field(
+        64 * 1024**2, gt=0, description="Largest body of one resumable-upload PATCH (a chunk), in bytes")
+    body_read_timeout_seconds: float = Field(
+        60.0, gt=0, description="A request body that sends nothing for this long is answered 408 and dropped")
+    keep_alive_seconds: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this "
+                                                             "long (appraise serve)")
+    header_read_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection whose request head (request line and headers) is not complete this "
+                                "long after it opened, or after its previous response, is closed (appraise serve)")
+    max_request_head_bytes: int = Field(64 * 1024, ge=4096, description="Largest request head (request line and "
+                                                                        "headers) the server accepts (appraise serve)")
+    auth_failure_burst: int = Field(
+        20, ge=1, description="Failed authentications a client address (or an API key prefix) may make in a burst "
+                              "before it is answered 429")
+    auth_failure_refill_seconds: float = Field(
+        3.0, gt=0, description="One more failed authentication is allowed per this many seconds after a burst")
+    cors_allow_origins: str = Field(
+        "", description="Comma-separated origins (scheme://host[:port]) whose browser pages may call the API; "
+                        "none by default")
+    cors_allow_credentials: bool = Field(
+        False, description="Let the allowed origins send cookies and Authorization (credentialed CORS requests)")
+    metrics_access: Literal["loopback", "token", "public"] = Field(
+        "loopback", description="Who may read /metrics: loopback (clients on 127.0.0.0/8 or ::1), token (a "
+                                "Bearer APPRAISE_METRICS_TOKEN), or public")
+    metrics_token: str = Field("", description="The Bearer token /metrics asks for when metrics_access is token")
 
     # --- the portal -----------------------------------------------------------------------------------------
     session_lifetime_seconds: float = Field(12 * 3600.0, gt=0, description="A portal session ends this long after "
@@ -86,6 +126,8 @@ class Settings(BaseSettings):
     max_decoys: int = Field(1024, ge=0, description="Decoy directions in a blind request")
     max_threads: int = Field(max(os.cpu_count() or 1, 1), ge=1, description="CPU threads a job may use")
     max_batch_size: int = Field(4096, ge=1, description="Permutations (or subsets) per Monte Carlo batch")
+    max_workers: int = Field(64, ge=1, description="Batches one Monte Carlo job may compute at once (`workers`: "
+                                                   "local processes or Ray tasks)")
     max_subsample: int = Field(1_000_000, ge=2, description="Embedding rows each party may send (graphs)")
     max_replicates: int = Field(2000, ge=0, description="Bootstrap replicates a relevance-diversity job may ask "
                                 "for (each costs a small eigenproblem per seller)")
@@ -118,6 +160,9 @@ class Settings(BaseSettings):
         for part in filter(None, (p.strip() for p in value.split(","))):
             ipaddress.ip_network(part, strict=False)  # a ValueError names the bad entry
         return value
+
+    def cors_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()]
 
     def caps(self):
         """The caps on job parameters (:class:`app.methods.params.Caps`)."""

@@ -11,8 +11,10 @@ value means "suspicious". Each method's values are scored against the flipped po
 Methods: TMC-Shapley (relative truncation 0.01, patience 5, ``--tmc-perms`` permutations), Data Banzhaf (MSR;
 by default as many utility evaluations as TMC spent on the same task), Beta(16,1) Shapley
 (``--beta-perms`` permutations), all on L2 logistic regression (C = 1, validation accuracy), exact KNN-Shapley
-(K = 5), and the **baseline**: the cross-validated probability of each point's given label (5-fold stratified
-CV of the same logistic regression on the seller's own noisy labels; ``predict_proba`` of the given label).
+(K = 5), Data-OOB (Kwon & Zou 2023: ``--oob-models`` bootstrap trees of depth 10, out-of-bag accuracy; it never
+sees the validation set), and the **baseline**: the cross-validated probability of each point's given label
+(5-fold stratified CV of the same logistic regression on the seller's own noisy labels; ``predict_proba`` of the
+given label).
 
 Tasks (all binary; 10): scikit-learn's breast_cancer, wine (class 0 vs rest), digits (1 vs 7), digits (3 vs 8),
 iris (versicolor vs virginica), diabetes (target above its median); synthetic make_classification (d = 10;
@@ -50,6 +52,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.valuation.data_oob import data_oob  # noqa: E402
 from app.valuation.shapley.estimators import banzhaf_msr, beta_shapley, tmc_shapley  # noqa: E402
 from app.valuation.shapley.knn import knn_shapley  # noqa: E402
 from app.valuation.shapley.stopping import MaxPermutations  # noqa: E402
@@ -57,7 +60,7 @@ from app.valuation.shapley.utilities import ModelConfig, ModelUtility  # noqa: E
 
 PUBLISHED_DATA_SHAPLEY = 0.411
 PUBLISHED_BETA16 = 0.458
-METHODS = ["TMC", "Banzhaf MSR", "Beta(16,1)", "KNN-Shapley", "CV p(given label)"]
+METHODS = ["TMC", "Banzhaf MSR", "Beta(16,1)", "KNN-Shapley", "Data-OOB", "CV p(given label)"]
 BASELINE = "CV p(given label)"
 
 
@@ -169,6 +172,8 @@ def value_points(xt, yt, xv, yv, a, seed: int) -> tuple[dict[str, np.ndarray], d
                                                  stop=MaxPermutations(a.beta_perms), batch_size=50))
     vals["Beta(16,1)"], notes["Beta(16,1)"] = b.values, f"{b.utility_evaluations} evaluations"
     vals["KNN-Shapley"] = timed("KNN-Shapley", lambda: knn_shapley(xt, yt, xv, yv, a.k))
+    vals["Data-OOB"] = timed("Data-OOB", lambda: np.nan_to_num(
+        data_oob(xt, yt, n_models=a.oob_models, seed=seed).values, nan=1.0))  # never out of bag: not suspicious
     vals[BASELINE] = timed(BASELINE, lambda: cv_given_label_probability(xt, yt, seed))
     out = {k: np.asarray(v.double().cpu().numpy() if hasattr(v, "cpu") else v, dtype=float) for k, v in vals.items()}
     return out, secs, notes
@@ -212,6 +217,7 @@ def main() -> None:
     ap.add_argument("--beta-perms", type=int, default=200)
     ap.add_argument("--msr-samples", type=int, default=0, help="0 (default): TMC's utility evaluations on the task")
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--oob-models", type=int, default=256, help="Data-OOB's bootstrap trees")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--tasks", type=str, nargs="*", default=None, help="task names (default: all)")
     ap.add_argument("--threads", type=int, default=1,

@@ -213,3 +213,23 @@ def test_wwl_single_graph_buyer_is_a_clear_error(collections, tmp_path, capsys):
                          capsys)
     assert code == EXIT_USER_ERROR and out == ""
     assert "single.npz" in err and "buyer's validation graph collection lacks batch" in err
+
+
+def test_data_shapley_on_two_local_workers_gives_the_same_values(files, capsys):
+    valid, s1, s2, _ = files
+    argv = ["value", "data-shapley", "--buyer", str(valid), "--seller", str(s1), "--seller", str(s2),
+            "--max-permutations", "24", "--batch-size", "4", "--seed", "2", "--json"]
+    one = json.loads(run(argv, capsys)[1])
+    two = json.loads(run([*argv, "--workers", "2"], capsys)[1])
+    assert one["executor"] == {"executor": "local", "workers": 1}
+    assert two["executor"] == {"executor": "local", "workers": 2}
+    assert [s["values"] for s in two["sellers"]] == [s["values"] for s in one["sellers"]]
+    assert two["stop_reason"] == one["stop_reason"] and two["permutations"] == one["permutations"] == 24
+
+
+def test_a_ray_address_without_the_ray_executor_is_refused(files, capsys):
+    valid, s1, _, _ = files
+    code, _, err = run(["value", "data-shapley", "--buyer", str(valid), "--seller", str(s1),
+                        "--ray-address", "head:6379"], capsys)
+    assert code == EXIT_USER_ERROR
+    assert "--ray-address: is for --executor ray" in err and "Traceback" not in err

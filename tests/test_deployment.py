@@ -51,7 +51,10 @@ def test_compose_has_the_service_topology(compose):
     proc = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert set(proc.stdout.split()) == {"postgres", "migrate", "api", "worker"}
+    # the Ray head and workers are optional (profile `ray`); older docker-compose lists profiled services too
+    services = set(proc.stdout.split())
+    assert {"postgres", "migrate", "api", "worker"} <= services <= {"postgres", "migrate", "api", "worker",
+                                                                     "ray-head", "ray-worker"}
     full = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True,
                           cwd=ROOT).stdout
     assert "capabilities:" in full and "gpu" in full and "driver: nvidia" in full
@@ -62,3 +65,21 @@ def test_dockerfile_has_api_and_worker_targets():
     text = (ROOT / "Dockerfile").read_text()
     assert "FROM base AS api" in text and "FROM base AS worker" in text
     assert 'CMD ["worker"]' in text and '"serve"' in text
+
+
+def test_compose_ray_nodes_are_an_option_and_the_worker_can_use_them(compose):
+    """`--profile ray` adds a Ray head and workers (the `ray` image target); the worker takes APPRAISE_RAY_ADDRESS."""
+    import yaml
+
+    proc = subprocess.run([*compose, "-f", str(ROOT / "docker-compose.yml"), "--profile", "ray", "config"],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "APPRAISE_RAY_ADDRESS":
+                                                                          "ray-head:6379"})
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    for name in ("ray-head", "ray-worker"):
+        assert services[name]["profiles"] == ["ray"]
+        assert services[name]["image"] == "appraise-ray:latest"
+    assert "--head" in services["ray-head"]["command"]
+    assert "--address=ray-head:6379" in services["ray-worker"]["command"]
+    assert services["worker"]["environment"]["APPRAISE_RAY_ADDRESS"] == "ray-head:6379"
+    assert "FROM worker AS ray" in (ROOT / "Dockerfile").read_text()

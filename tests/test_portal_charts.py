@@ -19,7 +19,7 @@ def test_labels_of_points_close_together_do_not_overlap():
     placed = _place_labels(anchors, (46.0, 464.0))
     boxes = [_label_box(x, y, text, anchor) for (x, y, anchor), (_, _, text) in zip(placed, anchors, strict=True)]
     for i in range(len(boxes)):
-        assert 46.0 <= boxes[i][0] and boxes[i][2] <= 464.0  # inside the plot
+        assert boxes[i][0] >= 46.0 and boxes[i][2] <= 464.0  # inside the plot
         for j in range(i + 1, len(boxes)):
             assert _overlap(boxes[i], boxes[j]) == 0.0, (placed[i], placed[j])
 

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
@@ -21,7 +22,8 @@ from app import __version__
 from app.api import health, observability, problems
 from app.config import Settings, get_settings
 from app.db.migrate import check_current
-from app.db.session import make_engine, session_factory
+from app.db.session import make_engine, pool_options, session_factory
+from app.http.guard import RequestGuard
 from app.http.validation import reject_unsafe_input
 from app.services.keys import AuthCache
 
@@ -54,7 +56,8 @@ def _sweep_temp_files(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None, *, check_schema: bool = True) -> FastAPI:
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, **pool_options(
+        settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_seconds))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -97,6 +100,19 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
         app.state.on_start.append(start_dispatcher)
         app.state.on_stop.append(stop_dispatcher)
     app.state.metrics = observability.Metrics(app.state.sessions)
+    # outermost last: request id and security headers on everything (500s included), then CORS (preflights
+    # answered before authentication), then the guard (authentication and body caps before any body is read)
+    app.add_middleware(RequestGuard, settings=settings)
+    if settings.cors_origins():
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins(),
+                           allow_credentials=settings.cors_allow_credentials,
+                           allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-CSRF-Token",
+                                          "Idempotency-Key", "Tus-Resumable", "Upload-Length", "Upload-Offset",
+                                          "Upload-Metadata"],
+                           expose_headers=["Location", "Retry-After", "X-Request-ID", "Upload-Offset",
+                                           "Upload-Length", "Tus-Resumable"],
+                           max_age=600)
     app.add_middleware(observability.RequestContext, metrics=app.state.metrics)
     problems.install(app)
     app.include_router(health.router)
@@ -129,7 +145,7 @@ def _offline_docs(app: FastAPI, settings: Settings) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
-            app.openapi_schema = document_job_bodies(schema, settings.caps())
+            app.openapi_schema = problems.document_errors(document_job_bodies(schema, settings.caps()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

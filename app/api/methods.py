@@ -38,6 +38,9 @@ def params_schema(method: Method, caps: Caps) -> dict[str, Any]:
     """The params model's JSON Schema with each capped field's ``maximum`` set to this server's cap."""
     schema = copy.deepcopy(method.params.model_json_schema())
     schema["title"] = f"{method.title} parameters"
+    for name, prop in list(schema.get("properties", {}).items()):
+        if prop.pop("x-api", None) is False:  # a CLI-only field (the service refuses it in a job)
+            del schema["properties"][name]
     for prop in schema.get("properties", {}).values():
         cap = prop.pop("x-cap", None)
         prop.pop("x-cli", None)

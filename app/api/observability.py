@@ -9,6 +9,8 @@ durations of jobs finished in the last day.
 from __future__ import annotations
 
 import contextvars
+import hmac
+import ipaddress
 import logging
 import re
 import time
@@ -87,8 +89,29 @@ class _JobCollector:
                                     buckets=buckets, sum_value=sum(durations))
 
 
+#: the portal serves its own scripts and styles (no inline script: base.html's token is a <meta>); inline style
+#: attributes are allowed (layout only, no script)
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
+#: /docs and /redoc: FastAPI's pages start Swagger UI / ReDoc with an inline script
+DOCS_CSP = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'").replace(
+    "img-src 'self' data:", "img-src 'self' data: blob:")
+_STATIC = ("/static/", "/portal/static/")
+
+
+def security_headers(path: str) -> list[tuple[bytes, bytes]]:
+    """The headers every response carries; API responses and pages are never cached (static assets may be)."""
+    csp = DOCS_CSP if path in ("/docs", "/redoc") else CSP
+    headers = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+               (b"x-frame-options", b"DENY"), (b"content-security-policy", csp.encode())]
+    if not path.startswith(_STATIC):
+        headers.append((b"cache-control", b"no-store"))
+    return headers
+
+
 class RequestContext:
-    """Pure ASGI middleware (no per-request task overhead): request id, access log, request metrics."""
+    """Pure ASGI middleware (no per-request task overhead), the outermost: request id, security headers, access
+    log, request metrics, and the 500 of an unhandled error (so it, too, carries the id and the headers)."""
 
     def __init__(self, app, metrics: Metrics | None = None) -> None:
         self.app = app
@@ -102,18 +125,26 @@ class RequestContext:
         rid = sent if _SANE_ID.match(sent) else uuid.uuid4().hex
         token = request_id_var.set(rid)
         start = time.perf_counter()
-        status = 500
+        status, started = 500, False
+        extra = [(b"x-request-id", rid.encode()), *security_headers(scope["path"])]
 
         async def send_with_id(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                status, started = message["status"], True
+                names = {k.lower() for k, _ in message.get("headers") or []}
+                message["headers"] = [*(message.get("headers") or []), *(h for h in extra if h[0] not in names)]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            access_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not started:
+                from app.api.problems import problem
+
+                await problem(500, "Internal error", f"an unexpected error occurred; it has been logged with "
+                              f"request id {rid}", instance=scope["path"])(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
@@ -129,7 +160,28 @@ class RequestContext:
 router = APIRouter(tags=["health"])
 
 
+def _metrics_allowed(request: Request) -> bool:
+    settings = request.app.state.settings
+    if settings.metrics_access == "public":
+        return True
+    if settings.metrics_access == "token":
+        sent = request.headers.get("authorization", "")
+        return bool(settings.metrics_token) and hmac.compare_digest(sent.encode(),
+                                                                    f"Bearer {settings.metrics_token}".encode())
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @router.get("/metrics", operation_id="metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format: aggregates only (jobs by state, request counts by route template), nothing per
+    organization. Readable per ``metrics_access``: from loopback (the default), with a token, or by anyone."""
+    if not _metrics_allowed(request):
+        from app.api.problems import problem
+
+        return problem(403, "Forbidden", "/metrics is readable from loopback only, or with the metrics token "
+                       "(APPRAISE_METRICS_ACCESS, APPRAISE_METRICS_TOKEN)", instance="/metrics")
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -36,6 +36,24 @@ def problem(status: int, title: str, detail: str | None, *, type_: str = "about:
                         media_type=PROBLEM_JSON, headers=headers)
 
 
+def database_unavailable(exc: BaseException, retry_after: int, instance: str | None) -> JSONResponse | None:
+    """A 503 with ``Retry-After`` when ``exc`` says the database cannot be reached now (an exhausted pool, a
+    refused or dropped connection); None for any other error."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        detail = "the service is busy: no database connection came free in time; retry shortly"
+    elif isinstance(exc, (OperationalError, InterfaceError)) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        detail = "the database is unreachable or busy; retry shortly"
+    else:
+        return None
+    log.warning("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
+    return problem(503, "Service unavailable", detail, type_="/problems/unavailable", instance=instance,
+                   headers={"Retry-After": str(retry_after)})
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries: each listed status is a problem+json body."""
     return {s: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": _TITLES.get(s, "Error")}
@@ -79,8 +97,33 @@ def install(app: FastAPI) -> None:
         return problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail),
                        instance=request.url.path, headers=getattr(exc, "headers", None))
 
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        down = database_unavailable(exc, request.app.state.settings.db_retry_after_seconds, request.url.path)
+        return down if down is not None else await _internal(request, exc)
+
+    app.add_exception_handler(PoolTimeout, _database)
+    app.add_exception_handler(DBAPIError, _database)
+
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "Internal error", "an unexpected error occurred; it has been logged",
                        instance=request.url.path)
+
+
+def document_errors(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Every 422 in the OpenAPI document as what it is: a problem+json body (FastAPI documents its validation
+    errors as ``application/json``)."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("Problem", Problem.model_json_schema())
+    ref = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    for operations in openapi.get("paths", {}).values():
+        for op in operations.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            if "422" in op["responses"]:
+                op["responses"]["422"]["content"] = {PROBLEM_JSON: ref}
+    return openapi

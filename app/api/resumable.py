@@ -17,6 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from app.api.datasets import DatasetOut
 from app.api.problems import responses
@@ -74,8 +75,7 @@ async def append_upload(upload_id: str, request: Request, store: BlobStoreDep, c
                         upload_offset: Annotated[int | None, Header(ge=0, le=2**62)] = None,
                         content_type: Annotated[str | None, Header()] = None) -> Response:
     """Append the body at ``Upload-Offset`` (``application/offset+octet-stream``); 204 with the new offset."""
-    with request.app.state.sessions() as session:
-        service.get_upload(session, caller, upload_id)  # another organization's: 404 before anything else
+    await run_in_threadpool(service.check_upload, request.app.state.sessions, caller, upload_id)  # 404 first
     service.check_version(tus_resumable)
     if (content_type or "").split(";")[0].strip() != "application/offset+octet-stream":
         raise UnsupportedMediaType("a PATCH body must be application/offset+octet-stream")

@@ -120,6 +120,7 @@ def serve(
     from app.db.migrate import SchemaNotCurrent, check_current, upgrade
     from app.db.models import ApiKey
     from app.db.session import make_engine
+    from app.http.server import server_limits
 
     configure_logging()
     settings = get_settings()
@@ -139,7 +140,9 @@ def serve(
     if not has_keys:
         stderr.print("No API keys yet. Create the first one (shown once) in another shell:\n"
                      "    appraise keys create --org YOUR-ORG --role admin")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)  # ours has ids
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,  # ours has ids
+                **server_limits(settings))
+
 
 
 def _safe(url: str) -> str:

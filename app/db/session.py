@@ -20,12 +20,20 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def pool_options(size: int, overflow: int, timeout: float) -> dict:
+    """``create_engine`` options of a bounded pool: ``size`` kept, ``overflow`` more under load, and a checkout
+    that waits at most ``timeout`` seconds (then ``sqlalchemy.exc.TimeoutError``: the API answers 503)."""
+    return {"pool_size": size, "max_overflow": overflow, "pool_timeout": timeout}
+
+
 def make_engine(url: str, **kwargs) -> Engine:
     if not is_sqlite(url):
         return create_engine(url, pool_pre_ping=True, **kwargs)
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
+    else:  # an in-memory database lives in one connection: no pool to size
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("pool_size", "max_overflow", "pool_timeout")}
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
 
     @event.listens_for(engine, "connect")

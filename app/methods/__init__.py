@@ -8,6 +8,7 @@ Importing this package is light (pydantic): a method's run imports the valuation
 from __future__ import annotations
 
 from app.methods.catalogue import Lane, Method
+from app.methods.data_oob import DATA_OOB
 from app.methods.graphs import GRAPH_METHOD, STRUCTURAL_METHOD
 from app.methods.params import Caps, Params, ParamsError
 from app.methods.relevance_diversity import METHOD as RELEVANCE_DIVERSITY
@@ -15,7 +16,7 @@ from app.methods.shapley import DATA_SHAPLEY, KNN_SHAPLEY, SELLER_SHAPLEY
 
 #: every public method, in the order the catalogue lists them
 METHODS: dict[str, Method] = {m.id: m for m in (RELEVANCE_DIVERSITY, STRUCTURAL_METHOD, GRAPH_METHOD, DATA_SHAPLEY,
-                                                KNN_SHAPLEY, SELLER_SHAPLEY)}
+                                                KNN_SHAPLEY, SELLER_SHAPLEY, DATA_OOB)}
 
 
 def get(method_id: str) -> Method:

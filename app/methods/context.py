@@ -67,3 +67,5 @@ class RunContext:
     resume: dict[str, Any] | None = None
     #: a reason to stop early (e.g. "cancelled"), or None to go on
     stop_requested: Callable[[], str | None] = _never
+    #: a Ray cluster to shard Monte Carlo jobs over (the service's ``APPRAISE_RAY_ADDRESS``); None: the job's params
+    ray_address: str | None = None

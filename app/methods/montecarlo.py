@@ -9,9 +9,11 @@ import math
 from typing import TYPE_CHECKING
 
 from app.methods.context import Progress, RunContext
+from app.valuation.shapley.executors import Executor, make_executor
 from app.valuation.shapley.stopping import StoppingCriterion, default_stopping
 
 if TYPE_CHECKING:
+    from app.methods.params import ExecutorParams
     from app.methods.shapley import ModelParams
     from app.valuation.shapley.results import ValuationResult
 
@@ -40,6 +42,14 @@ def stopping(p: ModelParams, ctx: RunContext, estimator: str, n_players: int,
     rule = default_stopping(estimator, n_players, max_permutations=p.max_permutations, time_budget=p.time_budget,
                             stderr_target=stderr_target, relative_change=p.relative_change)
     return rule | StopRequested(ctx.stop_requested)
+
+
+def job_executor(p: ExecutorParams, ctx: RunContext) -> Executor:
+    """Where the job's batches run: the service's Ray cluster when ``APPRAISE_RAY_ADDRESS`` is set (every Monte
+    Carlo job is sharded over it), else what the params ask for (``executor``, ``workers``, ``ray_address``)."""
+    if ctx.ray_address:
+        return make_executor("ray", p.workers, ctx.ray_address)
+    return make_executor(p.executor, p.workers, p.ray_address)
 
 
 def mc_progress(ctx: RunContext, stage: str):

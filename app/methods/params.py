@@ -6,7 +6,9 @@ Field names are the CLI options in snake_case (``max_permutations`` is ``--max-p
 
 - ``"x-cap": NAME``: the value is bounded by the server-side cap ``Caps.NAME`` (from settings) when a job is
   submitted to the service; ``/api/v1/methods`` shows the cap as the field's ``maximum``;
-- ``"x-cli": False``: an API-only field (e.g. ``base_dataset_id``: the CLI takes ``--base PATH`` instead).
+- ``"x-cli": False``: an API-only field (e.g. ``base_dataset_id``: the CLI takes ``--base PATH`` instead);
+- ``"x-api": False``: a CLI-only field (``ray_address``: the service's workers use ``APPRAISE_RAY_ADDRESS``), left
+  out of ``/api/v1/methods`` and refused in a job.
 
 Validation errors are :class:`ParamsError`: a list of (field, message) pairs, so that each adapter names the
 field its own way (``--max-permutations`` on the command line, ``params.max_permutations`` in a 422). Messages
@@ -21,7 +23,7 @@ import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -66,13 +68,15 @@ class Caps:
     max_batch_size: int = 4096
     max_subsample: int = 1_000_000
     max_replicates: int = 2000
+    max_workers: int = 64
 
     @classmethod
     def from_settings(cls, settings: Any) -> Caps:
         return cls(max_permutations=settings.max_permutations, max_time_budget=settings.max_time_budget_seconds,
                    default_time_budget=settings.default_time_budget_seconds, max_decoys=settings.max_decoys,
                    max_threads=settings.max_threads, max_batch_size=settings.max_batch_size,
-                   max_subsample=settings.max_subsample, max_replicates=settings.max_replicates)
+                   max_subsample=settings.max_subsample, max_replicates=settings.max_replicates,
+                   max_workers=settings.max_workers)
 
     def setting(self, name: str) -> str:
         return "APPRAISE_" + {"max_time_budget": "MAX_TIME_BUDGET_SECONDS",
@@ -85,6 +89,7 @@ def capped(cap: str, **extra: Any) -> dict[str, Any]:
 
 
 API_ONLY = {"x-cli": False}
+CLI_ONLY = {"x-api": False}
 
 
 def comma_list(value: Any) -> Any:
@@ -145,6 +150,34 @@ class Params(BaseModel):
                 if value > cap:
                     problems.append((name, f"{value:g} is over this server's cap of {cap:g} "
                                            f"({caps.setting(cap_name)})"))
+        return problems
+
+
+class ExecutorParams(Params):
+    """Where a Monte Carlo method's batches run (:mod:`app.valuation.shapley.executors`); the same seed gives the
+    same values with any choice."""
+
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where Monte Carlo batches run: local (worker processes on this machine) or ray (Ray "
+                             "tasks); the same seed gives the same values with either and any number of workers")
+    workers: int | None = Field(None, ge=1, le=1024, description="Batches computed at once: local processes "
+                                "(default 1: this process) or Ray tasks (default: every CPU of the cluster)",
+                                json_schema_extra=capped("max_workers"))
+    ray_address: str | None = Field(None, min_length=1, max_length=500,
+                                    description="The Ray cluster for executor ray (e.g. ray://head:10001); default "
+                                                "a local Ray started for the run. The service uses "
+                                                "APPRAISE_RAY_ADDRESS instead", json_schema_extra=CLI_ONLY)
+
+    def check(self) -> list[tuple[str | None, str]]:
+        if self.ray_address is not None and self.executor != "ray":
+            return [("ray_address", "is for `executor` ray; add --executor ray or leave it out")]
+        return []
+
+    def capped_problems(self, caps) -> list[tuple[str | None, str]]:
+        problems = super().capped_problems(caps)
+        if self.ray_address is not None:  # a job may not point the service's workers at a cluster of its choosing
+            problems.append(("ray_address", "is not taken by the service: its workers use the cluster set by "
+                                            "APPRAISE_RAY_ADDRESS; leave it out"))
         return problems
 
 

@@ -48,7 +48,8 @@ def method_table(method: Method, caps: Caps) -> str:
     rows = ["| parameter (CLI option) | type | default | bounds | description |", "|---|---|---|---|---|"]
     for name, info in method.params.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        option = "API only" if extra.get("x-cli") is False else f"`{cli_option(name)}`"
+        option = "API only" if extra.get("x-cli") is False else f"`{cli_option(name)}`" + (
+            ", CLI only" if extra.get("x-api") is False else "")
         default = "none" if info.default is None else f"`{info.default}`"
         rows.append(f"| `{name}` ({option}) | {_type(info.annotation)} | {default} | {_bounds(info, caps)} | "
                     f"{(info.description or '').replace('|', '/')} |")

@@ -17,7 +17,7 @@ from app.methods.catalogue import Column, Lane, Method
 from app.methods.context import RunContext
 from app.methods.inputs import DataRef, Inputs
 from app.methods.labelled import GRAPH_MODELS, load_labelled, pooled_labels
-from app.methods.params import API_ONLY, Params, capped
+from app.methods.params import API_ONLY, ExecutorParams, Params, capped
 from app.methods.results import provenance, result_object, seller_entry, value_stats
 from app.valuation import defaults
 
@@ -29,7 +29,7 @@ Metric = Literal["accuracy", "balanced_accuracy", "f1", "r2", "neg_mse"]
 SEED = Field(0, ge=0, le=2**63 - 1, description="Seed: the same seed gives the same values")
 
 
-class ModelParams(Params):
+class ModelParams(ExecutorParams):
     monte_carlo = True
 
     model: Model = Field("logistic", description="logistic | ridge | mlp | knn | sgc (graphs: node "
@@ -164,16 +164,18 @@ def removal_curve(utility, values: torch.Tensor) -> dict[str, Any]:
 
 
 def run_data_shapley(inputs: Inputs, p: DataShapleyParams, ctx: RunContext) -> dict[str, Any]:
-    from app.methods.montecarlo import mc_progress, stopping
+    from app.methods.montecarlo import job_executor, mc_progress, stopping
     from app.valuation.shapley.estimators import banzhaf_msr, beta_shapley, exact_shapley, tmc_shapley
 
     config, utility, parts = model_utility(inputs, p, ctx)
     progress = mc_progress(ctx, f"{p.estimator} over {utility.n_players:,} points")
+    executor = None
     if p.estimator == "exact":
         result = exact_shapley(utility, progress=progress)
     else:
+        executor = job_executor(p, ctx)
         mc = dict(seed=p.seed, stop=stopping(p, ctx, p.estimator, utility.n_players, p.stderr_target),
-                  progress=progress, checkpoint=ctx.checkpoint, resume_from=ctx.resume)
+                  progress=progress, checkpoint=ctx.checkpoint, resume_from=ctx.resume, executor=executor)
         if p.estimator == "tmc":
             result = tmc_shapley(utility, truncation=p.truncation or None, batch_size=p.batch_size, **mc)
         elif p.estimator == "beta":
@@ -185,6 +187,7 @@ def run_data_shapley(inputs: Inputs, p: DataShapleyParams, ctx: RunContext) -> d
     return result_object("data-shapley", entries, buyer=inputs.buyer.name, utility=utility_info(config, p),
                          u_full=utility.full_value(), u_empty=utility.empty_value(), **convergence(result),
                          removal_curve=removal_curve(utility, result.values),
+                         executor=None if executor is None else executor.describe(),
                          provenance=provenance("data-shapley", p, inputs))
 
 
@@ -218,17 +221,19 @@ def run_knn_shapley(inputs: Inputs, p: KnnShapleyParams, ctx: RunContext) -> dic
 def run_seller_shapley(inputs: Inputs, p: SellerShapleyParams, ctx: RunContext) -> dict[str, Any]:
     import numpy as np
 
-    from app.methods.montecarlo import mc_progress, stopping
+    from app.methods.montecarlo import job_executor, mc_progress, stopping
     from app.valuation.shapley.estimators import EXACT_MAX_SELLERS, SellerUtility, seller_shapley
 
     config, points, parts = model_utility(inputs, p, ctx)
     groups = np.repeat(np.arange(len(parts)), [len(q.y) for q in parts])
     utility = SellerUtility(points, groups, n_sellers=len(parts))
     mc = len(parts) > EXACT_MAX_SELLERS
+    executor = job_executor(p, ctx) if mc else None
     result = seller_shapley(utility, seed=p.seed, stop=stopping(p, ctx, "seller", len(parts), None),
                             batch_size=p.batch_size,
                             progress=mc_progress(ctx, f"seller Shapley over {len(parts)} sellers"),
-                            checkpoint=ctx.checkpoint if mc else None, resume_from=ctx.resume if mc else None)
+                            checkpoint=ctx.checkpoint if mc else None, resume_from=ctx.resume if mc else None,
+                            executor=executor)
     values = result.values.detach().cpu().double().numpy()
     se = result.standard_errors.detach().cpu().double().numpy() if result.estimator != "exact" else None
     entries = [seller_entry(ref, {"value": float(values[i]), "stderr": None if se is None else float(se[i]),
@@ -236,6 +241,7 @@ def run_seller_shapley(inputs: Inputs, p: SellerShapleyParams, ctx: RunContext) 
                for i, ref in enumerate(inputs.sellers)]
     out = result_object("seller-shapley", entries, buyer=inputs.buyer.name, utility=utility_info(config, p),
                         u_full=points.full_value(), u_empty=points.empty_value(), **convergence(result),
+                        executor=None if executor is None else executor.describe(),
                         provenance=provenance("seller-shapley", p, inputs))
     out["values"] = values.tolist()  # one per seller, in the order given (also when there is one seller)
     out["stderr"] = None if se is None else se.tolist()
@@ -269,6 +275,7 @@ DATA_SHAPLEY = Method(
     kind_for=_kind,
     lane_for=_data_shapley_lane,
     columns=POINT_COLUMNS,
+    rank_by="total",  # a seller's worth is the sum of its points' values (Shapley values add up)
     primary=("estimator", "model", "max_permutations", "time_budget", "seed"),
 )
 
@@ -284,6 +291,7 @@ KNN_SHAPLEY = Method(
     params=KnnShapleyParams,
     run_path="app.methods.shapley:run_knn_shapley",
     columns=POINT_COLUMNS,
+    rank_by="total",
     primary=("k",),
 )
 

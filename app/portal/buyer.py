@@ -157,25 +157,33 @@ def _own_job(session, viewer, job_id: str):
         raise PortalNotFound() from None
 
 
+def _seller_key(entry: dict) -> str:
+    return entry.get("dataset_id") or entry.get("seller")
+
+
 @router.get("/valuations/compare", response_class=HTMLResponse)
 def compare(request: Request, session: SessionDep, viewer: ViewerDep,
             jobs: list[str] = Query(default=[], max_length=10)) -> HTMLResponse:
-    """Finished jobs side by side: each seller's score per job, and the rank correlation of every pair."""
+    """Finished jobs side by side: each seller's score and place per job, and the rank correlation of every pair
+    (Spearman's rho of the places each method gave)."""
     chosen = []
     for job_id in jobs:
         job, result = _own_job(session, viewer, job_id)
         method = method_of(job.method)
         if result is None or method is None:
             continue
-        scores = {e.get("dataset_id") or e.get("seller"): score_of(method, e) for e in result.get("sellers") or []}
-        names = {e.get("dataset_id") or e.get("seller"): e.get("seller") for e in result.get("sellers") or []}
-        chosen.append({"job": job, "method": method, "scores": scores, "names": names})
+        entries = result.get("sellers") or []
+        scores = {_seller_key(e): score_of(method, e) for e in entries}
+        names = {_seller_key(e): e.get("seller") for e in entries}
+        places = {_seller_key(e): place for place, e in enumerate(method.ranked(entries), start=1)}
+        chosen.append({"job": job, "method": method, "scores": scores, "names": names, "places": places})
     sellers = sorted({s for c in chosen for s in c["scores"]}, key=str)
     pairs = []
     for i in range(len(chosen)):
         for j in range(i + 1, len(chosen)):
             common = [s for s in sellers if s in chosen[i]["scores"] and s in chosen[j]["scores"]]
-            rho = spearman([chosen[i]["scores"][s] for s in common], [chosen[j]["scores"][s] for s in common])
+            # the methods' own rankings (relevance-diversity ranks by an interval's lower end, not its point score)
+            rho = spearman([-chosen[i]["places"][s] for s in common], [-chosen[j]["places"][s] for s in common])
             pairs.append({"a": chosen[i]["job"], "b": chosen[j]["job"], "n": len(common), "rho": rho})
     names = {s: next((c["names"][s] for c in chosen if s in c["names"]), s) for s in sellers}
     finished, _ = jobs_service.list_jobs(session, viewer.caller, status="succeeded", limit=100)

@@ -103,7 +103,7 @@ def scatter(points: Sequence[tuple[str, float, float, tuple[float, float] | None
             domain: tuple[float, float] = (0.0, 1.0)) -> Markup:
     """Labelled points (label, x, y, x interval, y interval), the axes zoomed to the points (and their intervals)
     within [domain]; intervals drawn as whiskers."""
-    pad_l, pad_b, pad_t, pad_r = 46, 40, 12, 16
+    pad_l, pad_b, pad_t, pad_r = 60, 40, 12, 16  # room for 6-character ticks beside the rotated axis label
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
     xs = [v for _, x, _, xi, _ in points for v in (x, *(xi or ()))]
     ys = [v for _, _, y, _, yi in points for v in (y, *(yi or ()))]
@@ -195,7 +195,7 @@ def lines(series: Sequence[tuple[str, Sequence[float], Sequence[float], str]], t
     y_lo, y_hi = min(ys_all), max(ys_all)
     if y_hi - y_lo < 1e-9:
         y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-    pad_l, pad_b, pad_t, pad_r = 50, 40, 28, 12
+    pad_l, pad_b, pad_t, pad_r = 62, 40, 28, 12
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
 
     def px(v: float) -> float:

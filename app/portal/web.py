@@ -17,7 +17,8 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app import __version__
-from app.http.deps import SESSION_COOKIE, SessionDep
+from app.db.session import transaction
+from app.http.deps import SESSION_COOKIE
 from app.http.validation import check_form
 from app.services.errors import Forbidden, ServiceError
 from app.services.keys import Caller
@@ -71,8 +72,11 @@ def current_viewer(request: Request, session: Session) -> Viewer | None:
     return Viewer(signed, token) if signed else None  # type: ignore[arg-type]
 
 
-def require_viewer(request: Request, session: SessionDep) -> Viewer:
-    viewer = current_viewer(request, session)
+def require_viewer(request: Request) -> Viewer:
+    """The signed-in user, looked up with a short session of its own (committed at once), so a page that then
+    streams an upload holds no database connection meanwhile."""
+    with transaction(request.app.state.sessions) as session:
+        viewer = current_viewer(request, session)
     if viewer is None:
         raise SignInNeeded()
     request.state.caller = viewer.caller

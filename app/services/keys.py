@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -166,5 +167,5 @@ def _touch(session: Session, key_id: str, now) -> None:
     try:
         with session.get_bind().connect() as conn, conn.begin():
             conn.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
-    except OperationalError:
+    except (OperationalError, PoolTimeout):  # a full pool, too, skips the bookkeeping
         pass

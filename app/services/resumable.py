@@ -124,12 +124,7 @@ async def append(factory, caller: Caller, store: BlobStore, upload_id: str, offs
     if the connection drops mid-way: the offset moves to what was written, so the client resumes from there."""
     from starlette.concurrency import run_in_threadpool
 
-    with factory() as session:
-        upload = get_upload(session, caller, upload_id)
-        if upload.offset != offset:
-            raise Conflict(f"Upload-Offset {offset} is not this upload's offset {upload.offset}; ask with HEAD first",
-                           upload_offset=upload.offset)
-        length, path = upload.length, _temp(store, upload)
+    length, path = await run_in_threadpool(_at_offset, factory, caller, store, upload_id, offset)
     written = 0
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -145,9 +140,24 @@ async def append(factory, caller: Caller, store: BlobStore, upload_id: str, offs
             f.flush()
             os.fsync(f.fileno())
             f.truncate(offset + written)
-            if written:
-                _advance(factory, upload_id, caller, offset, written)
+            if written:  # a short session in the threadpool: none is held while the body streams
+                await run_in_threadpool(_advance, factory, upload_id, caller, offset, written)
     return Appended(offset + written, offset + written == length)
+
+
+def check_upload(factory, caller: Caller, upload_id: str) -> None:
+    """404 for an upload that is not the caller's (a short session of its own)."""
+    with factory() as session:
+        get_upload(session, caller, upload_id)
+
+
+def _at_offset(factory, caller: Caller, store: BlobStore, upload_id: str, offset: int):
+    with factory() as session:
+        upload = get_upload(session, caller, upload_id)
+        if upload.offset != offset:
+            raise Conflict(f"Upload-Offset {offset} is not this upload's offset {upload.offset}; ask with HEAD first",
+                           upload_offset=upload.offset)
+        return upload.length, _temp(store, upload)
 
 
 def _advance(factory, upload_id: str, caller: Caller, offset: int, written: int) -> None:

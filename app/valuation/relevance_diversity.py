@@ -88,7 +88,7 @@ class Options:
             },
             "ranking": {
                 "lower-bound": f"by the lower end of the {self.confidence:.0%} interval of α·D + (1−α)·R, then "
-                               "the point score; sellers with rows <= kept components last",
+                               "the point score; sellers with no more rows than kept components last",
                 "point": "by the point score α·D + (1−α)·R",
             }[self.ranking],
         }

@@ -84,7 +84,7 @@ def execute_job(config: WorkerConfig, claim: Claim, *, parent_pid: int | None = 
         resume = queue.load_checkpoint(factory, claim.job_id)
         ctx = RunContext(device=config.device, limits=config.limits, chunk_rows=config.chunk_rows,
                          progress=hooks.progress, checkpoint=hooks.checkpoint, resume=resume,
-                         stop_requested=hooks.stop_requested)
+                         stop_requested=hooks.stop_requested, ray_address=config.ray_address)
         try:
             result = method.run(inputs, params, ctx)
             output = split_points(result, inputs, params)

@@ -74,6 +74,8 @@ class WorkerConfig:
     warm_spare: bool = True
     #: forkserver (children fork from a process with the heavy imports done) or spawn (a fresh interpreter each)
     start_method: str = "forkserver"
+    #: a Ray cluster the job processes shard their Monte Carlo batches over (``APPRAISE_RAY_ADDRESS``); None: off
+    ray_address: str | None = None
     worker_id: str = field(default_factory=new_worker_id)
 
     @classmethod
@@ -87,7 +89,7 @@ class WorkerConfig:
             poll_seconds=settings.poll_seconds, retry_backoff_seconds=settings.retry_backoff_seconds,
             job_timeout_seconds=settings.job_timeout_seconds, limits=settings.read_limits(),
             chunk_rows=settings.chunk_rows, warm_spare=settings.worker_warm_spare,
-            start_method=settings.worker_start_method)
+            start_method=settings.worker_start_method, ray_address=settings.ray_address)
         return cls(**{**values, **overrides})
 
     @property

@@ -98,6 +98,9 @@ def settings(db_url, tmp_path) -> Settings:
     return Settings(database_url=db_url, storage_dir=tmp_path / "storage", worker_mode="external",
                     max_upload_bytes=64 * 1024**2, lease_seconds=5.0, heartbeat_seconds=0.5, poll_seconds=0.05,
                     retry_backoff_seconds=0.0,
+                    # tests make hundreds of unauthenticated requests from one address on purpose; the throttle
+                    # of failed authentication has its own tests (test_hardening_http)
+                    auth_failure_burst=100_000,
                     # tests that want the webhook dispatcher thread turn it on (some start an app's lifespan and
                     # never stop it, which would leave the thread polling a dropped database)
                     webhook_dispatcher=False)

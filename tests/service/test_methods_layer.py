@@ -234,6 +234,7 @@ CASES = {
     "data-shapley": ("table", {"seed": 4, "max_permutations": 24, "batch_size": 8}, ["total"]),
     "knn-shapley": ("table", {"k": 3}, ["total"]),
     "seller-shapley": ("table", {"seed": 5}, ["value"]),
+    "data-oob": ("table", {"seed": 6, "n_models": 32, "batch_size": 8}, ["total"]),
 }
 
 

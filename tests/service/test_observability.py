@@ -23,7 +23,10 @@ def _metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in metrics")
 
 
-def test_metrics_count_jobs_by_state_and_requests(client, make_org, settings):
+def test_metrics_count_jobs_by_state_and_requests(app, make_org, settings):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(app, client=("127.0.0.1", 50000))  # /metrics answers loopback clients by default
     org = make_org("acme", "buyer")
     engine = make_engine(settings.database_url)
     now = utcnow()

@@ -71,7 +71,7 @@
         endpoint: "/api/v1/uploads",
         chunkSize: 8 * 1024 * 1024,
         retryDelays: [0, 1000, 3000, 5000, 10000],
-        headers: {"X-CSRF-Token": window.APPRAISE.csrf},
+        headers: {"X-CSRF-Token": window.APPRAISE_CSRF()},
         metadata: {filename: file.name, filetype: file.type || "application/octet-stream", part: part},
         removeFingerprintOnSuccess: true,
         onProgress: function (sent) { progress(offsetBase + sent, total); },
@@ -107,7 +107,7 @@
       return (edges ? send(edges, "edges", file.size, total) : Promise.resolve(null)).then(function (edgesId) {
         return fetch("/portal/datasets/finish", {
           method: "POST", credentials: "same-origin",
-          headers: {"Content-Type": "application/json", "X-CSRF-Token": window.APPRAISE.csrf},
+          headers: {"Content-Type": "application/json", "X-CSRF-Token": window.APPRAISE_CSRF()},
           body: JSON.stringify({upload_id: fileId, edges_upload_id: edgesId, name: name, kind: kind(),
                                 label_column: document.getElementById("label_column").value.trim()})
         });

@@ -14,6 +14,7 @@ so it ends with exactly the numbers of the uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import numbers
@@ -29,6 +30,7 @@ import torch
 
 from app.valuation.errors import ValuationError
 from app.valuation.shapley.base import Utility
+from app.valuation.shapley.executors import Executor, InProcess
 from app.valuation.shapley.results import ValuationResult
 from app.valuation.shapley.stopping import NoStopping, StoppingCriterion
 
@@ -136,6 +138,27 @@ def counting(utility: Utility, result: ValuationResult) -> Iterator[None]:
     result.add_counts({k: v - before.get(k, 0) for k, v in after.items()})
 
 
+class BatchTask:
+    """One batch's statistics as a picklable callable, ``task(b)``: what an executor ships to other processes
+    (the utility travels with it). :meth:`bind` gives the task the run's U(∅) and U(N) once they are known."""
+
+    def bind(self, result: ValuationResult) -> BatchTask:
+        return self
+
+    def __call__(self, b: int) -> ValuationResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def counted_batch(utility: Utility, batch_fn: Callable[[int], ValuationResult], b: int) -> ValuationResult:
+    """``batch_fn(b)`` with what the utility's counters grew by recorded in the batch's own ``utility_counts``
+    (so that counts add up the same wherever the batch ran)."""
+    before = utility.counters()
+    part = batch_fn(b)
+    after = utility.counters()
+    part.add_counts({k: v - before.get(k, 0) for k, v in after.items()})
+    return part
+
+
 def run_batches(
     result: ValuationResult,
     utility: Utility,
@@ -146,11 +169,15 @@ def run_batches(
     progress: ProgressCallback | None = None,
     checkpoint: CheckpointCallback | None = None,
     checkpoint_every: int = 1,
+    executor: Executor | None = None,
 ) -> ValuationResult:
     """Drive ``batch_fn(b)`` (the statistics of batch b alone) until ``stop`` says so or ``batches`` runs out.
 
     ``batches``: explicit batch indices (e.g. this worker's share); default 0, 1, 2, … Indices already in
-    ``result.batches`` (a resumed checkpoint) are skipped. Mutates and returns ``result``.
+    ``result.batches`` (a resumed checkpoint) are skipped. ``executor``: where batches are computed
+    (:mod:`~app.valuation.shapley.executors`; default this process); results are merged in batch-index order
+    and ``stop`` is checked after each merge whatever the executor, so the numbers do not depend on it.
+    Mutates and returns ``result``.
     """
     if stop is None:
         if batches is None:
@@ -165,28 +192,40 @@ def run_batches(
         with counting(utility, result):
             result.u_empty, result.u_full = float(utility.empty_value()), float(utility.full_value())
         result.utility_evaluations += 2
+    if isinstance(batch_fn, BatchTask):
+        batch_fn = batch_fn.bind(result)
+    executor = executor or InProcess()
 
-    todo = (b for b in (itertools.count() if batches is None else batches) if b not in result.batches)
+    todo = (int(b) for b in (itertools.count() if batches is None else batches) if b not in result.batches)
     stopped = stop.check(result)
+
+    def interrupted() -> bool:  # asked by an executor while it waits: a cancel or time budget stops it early
+        nonlocal stopped
+        stopped = stop.check(result)
+        return stopped
+
+    parts = executor.imap(functools.partial(counted_batch, utility, batch_fn), todo, interrupted)
     exhausted = False
     since = 0
-    while not stopped:
-        b = next(todo, None)
-        if b is None:
-            exhausted = True
-            break
-        with counting(utility, result):
-            result.merge_(batch_fn(int(b)))
-        result.elapsed_s = before + time.perf_counter() - t0
-        stopped = stop.check(result)
-        result.stopping_state = stop.state_dict()
-        if progress is not None:
-            progress(result, Progress(result.batches_done, result.permutations_done, result.samples_done,
-                                      result.max_standard_error(), stop.completion(result), result.elapsed_s))
-        since += 1
-        if checkpoint is not None and since >= max(1, checkpoint_every):
-            checkpoint(result.to_dict())
-            since = 0
+    try:
+        while not stopped:
+            part = next(parts, None)
+            if part is None:
+                exhausted = not stopped
+                break
+            result.merge_(part)
+            result.elapsed_s = before + time.perf_counter() - t0
+            stopped = stop.check(result)
+            result.stopping_state = stop.state_dict()
+            if progress is not None:
+                progress(result, Progress(result.batches_done, result.permutations_done, result.samples_done,
+                                          result.max_standard_error(), stop.completion(result), result.elapsed_s))
+            since += 1
+            if checkpoint is not None and since >= max(1, checkpoint_every):
+                checkpoint(result.to_dict())
+                since = 0
+    finally:
+        parts.close()  # cancels the batches an executor computed ahead
     result.elapsed_s = before + time.perf_counter() - t0
     result.stopping_state = stop.state_dict()
     result.stop_reason = "all requested batches done" if exhausted and not stopped else stop.reason()

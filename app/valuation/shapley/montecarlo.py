@@ -33,6 +33,7 @@ containing it: :math:`\hat\phi_i = \bar U_{\ni i} - \bar U_{\not\ni i}`, :math:`
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -40,6 +41,7 @@ import torch
 from app.valuation.errors import ValuationError
 from app.valuation.shapley.base import Utility
 from app.valuation.shapley.engine import (
+    BatchTask,
     CheckpointCallback,
     ProgressCallback,
     random_permutations,
@@ -47,6 +49,7 @@ from app.valuation.shapley.engine import (
     run_batches,
     start_result,
 )
+from app.valuation.shapley.executors import Executor
 from app.valuation.shapley.results import RunningStats, ValuationResult
 from app.valuation.shapley.semivalues import beta_permutation_weights
 from app.valuation.shapley.stopping import MaxSamples, StoppingCriterion, default_stopping
@@ -131,6 +134,60 @@ def permutation_marginals(
     return phi, evaluations, truncated
 
 
+@dataclass
+class PermutationBatch(BatchTask):
+    """Batch b of a permutation estimator (TMC, Beta): ``batch_size`` permutations drawn from (seed, b), their
+    marginals reduced to per-player statistics. Picklable, so an executor can run it in another process."""
+
+    utility: Utility
+    estimator: str
+    seed: int
+    batch_size: int
+    truncation: float | None
+    patience: int
+    prefix_block: int
+    weights: torch.Tensor | None
+    u_empty: float = 0.0
+    u_full: float = 0.0
+
+    def bind(self, result: ValuationResult) -> PermutationBatch:
+        return replace(self, u_empty=float(result.u_empty), u_full=float(result.u_full))  # type: ignore[arg-type]
+
+    def __call__(self, b: int) -> ValuationResult:
+        n, dev = int(self.utility.n_players), self.utility.device
+        perms = random_permutations(self.seed, b, self.batch_size, n, dev)
+        phi, evaluations, truncated = permutation_marginals(
+            self.utility, perms, self.u_empty, self.u_full, truncation=self.truncation, patience=self.patience,
+            prefix_block=self.prefix_block, weights=self.weights)
+        part = ValuationResult(n, estimator=self.estimator, seed=self.seed, device=dev)
+        part.stats = RunningStats.of_dense(phi)
+        part.batches = {b}
+        part.permutations_done = self.batch_size
+        part.utility_evaluations = evaluations
+        part.truncated = truncated
+        return part
+
+
+@dataclass
+class SubsetBatch(BatchTask):
+    """Batch b of Data Banzhaf (MSR): ``batch_size`` coalitions drawn from (seed, b) and their utilities."""
+
+    utility: Utility
+    seed: int
+    batch_size: int
+
+    def __call__(self, b: int) -> ValuationResult:
+        n, dev = int(self.utility.n_players), self.utility.device
+        masks = random_subsets(self.seed, b, self.batch_size, n, dev)
+        u = self.utility.values(masks).to(dev, _F64)
+        part = ValuationResult(n, estimator="banzhaf_msr", seed=self.seed, paired=True, device=dev)
+        part.update_subsets(masks, u)
+        part.batches = {b}
+        part.samples_done = self.batch_size
+        part.utility_evaluations = self.batch_size
+        return part
+
+
 def _permutation_estimator(
     utility: Utility,
     *,
@@ -148,32 +205,19 @@ def _permutation_estimator(
     checkpoint: CheckpointCallback | None,
     checkpoint_every: int,
     resume_from: ValuationResult | dict[str, Any] | None,
+    executor: Executor | None = None,
 ) -> ValuationResult:
     if batch_size < 1:
         raise ValuationError("batch_size must be >= 1")
     if truncation is not None and not truncation >= 0:
         raise ValuationError("truncation tolerance must be >= 0 (or None to disable)")
     result = start_result(utility, estimator=estimator, seed=seed, params=params, resume_from=resume_from)
-    n, dev, run_seed = result.n_players, utility.device, int(result.seed)  # type: ignore[arg-type]
-
-    def one_batch(b: int) -> ValuationResult:
-        perms = random_permutations(run_seed, b, batch_size, n, dev)
-        phi, evaluations, truncated = permutation_marginals(
-            utility, perms, result.u_empty, result.u_full,  # type: ignore[arg-type]
-            truncation=truncation, patience=patience, prefix_block=prefix_block, weights=weights,
-        )
-        part = ValuationResult(n, estimator=estimator, seed=run_seed, device=dev)
-        part.stats = RunningStats.of_dense(phi)
-        part.batches = {b}
-        part.permutations_done = batch_size
-        part.utility_evaluations = evaluations
-        part.truncated = truncated
-        return part
-
+    task = PermutationBatch(utility, estimator, int(result.seed), batch_size, truncation, patience,  # type: ignore[arg-type]
+                            prefix_block, weights)
     if stop is None and batches is None:
         stop = default_permutation_stop()
-    return run_batches(result, utility, one_batch, stop=stop, batches=batches, progress=progress,
-                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    return run_batches(result, utility, task, stop=stop, batches=batches, progress=progress,
+                       checkpoint=checkpoint, checkpoint_every=checkpoint_every, executor=executor)
 
 
 def tmc_shapley(
@@ -191,6 +235,7 @@ def tmc_shapley(
     checkpoint_every: int = 1,
     resume_from: ValuationResult | dict[str, Any] | None = None,
     record: dict[str, Any] | None = None,
+    executor: Executor | None = None,
 ) -> ValuationResult:
     r"""Truncated Monte Carlo Shapley (Ghorbani & Zou): mean marginal contribution over random permutations.
 
@@ -218,6 +263,7 @@ def tmc_shapley(
         utility, estimator="tmc_shapley", params=params, weights=None, seed=seed, batch_size=batch_size,
         truncation=truncation, patience=patience, prefix_block=prefix_block, stop=stop, batches=batches,
         progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume_from=resume_from,
+        executor=executor,
     )
 
 
@@ -238,6 +284,7 @@ def beta_shapley(
     checkpoint_every: int = 1,
     resume_from: ValuationResult | dict[str, Any] | None = None,
     record: dict[str, Any] | None = None,
+    executor: Executor | None = None,
 ) -> ValuationResult:
     r"""Beta(α, β) Shapley (Kwon & Zou) by permutation sampling with importance weights.
 
@@ -257,6 +304,7 @@ def beta_shapley(
         utility, estimator="beta_shapley", params=params, weights=weights, seed=seed, batch_size=batch_size,
         truncation=truncation, patience=patience, prefix_block=prefix_block, stop=stop, batches=batches,
         progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume_from=resume_from,
+        executor=executor,
     )
 
 
@@ -273,6 +321,7 @@ def banzhaf_msr(
     checkpoint_every: int = 1,
     resume_from: ValuationResult | dict[str, Any] | None = None,
     record: dict[str, Any] | None = None,
+    executor: Executor | None = None,
 ) -> ValuationResult:
     r"""Data Banzhaf by Maximum Sample Reuse (Wang & Jia).
 
@@ -294,17 +343,6 @@ def banzhaf_msr(
     params = {**(record or {}), "batch_size": int(batch_size)}
     result = start_result(utility, estimator="banzhaf_msr", seed=seed, params=params, paired=True,
                           resume_from=resume_from)
-    n, dev, run_seed = result.n_players, utility.device, int(result.seed)  # type: ignore[arg-type]
-
-    def one_batch(b: int) -> ValuationResult:
-        masks = random_subsets(run_seed, b, batch_size, n, dev)
-        u = utility.values(masks).to(dev, _F64)
-        part = ValuationResult(n, estimator="banzhaf_msr", seed=run_seed, paired=True, device=dev)
-        part.update_subsets(masks, u)
-        part.batches = {b}
-        part.samples_done = batch_size
-        part.utility_evaluations = batch_size
-        return part
-
-    return run_batches(result, utility, one_batch, stop=stop, batches=batches, progress=progress,
-                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    task = SubsetBatch(utility, int(result.seed), batch_size)  # type: ignore[arg-type]
+    return run_batches(result, utility, task, stop=stop, batches=batches, progress=progress,
+                       checkpoint=checkpoint, checkpoint_every=checkpoint_every, executor=executor)

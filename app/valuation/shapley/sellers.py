@@ -22,6 +22,7 @@ from app.valuation.errors import ValuationError
 from app.valuation.shapley.base import Utility
 from app.valuation.shapley.engine import CheckpointCallback, ProgressCallback
 from app.valuation.shapley.exact import exact_shapley
+from app.valuation.shapley.executors import Executor
 from app.valuation.shapley.montecarlo import tmc_shapley
 from app.valuation.shapley.results import ValuationResult
 from app.valuation.shapley.stopping import StoppingCriterion
@@ -105,6 +106,7 @@ def seller_shapley(
     checkpoint_every: int = 1,
     resume_from: ValuationResult | dict[str, Any] | None = None,
     record: dict[str, Any] | None = None,
+    executor: Executor | None = None,
 ) -> ValuationResult:
     """Shapley values of sellers: exact (all coalitions) up to ``exact_max_sellers`` sellers, else permutation
     Monte Carlo without truncation (arguments as in :func:`tmc_shapley`). ``result.params["level"]`` is
@@ -117,4 +119,5 @@ def seller_shapley(
         return result
     return tmc_shapley(seller_utility, seed=seed, batch_size=batch_size, stop=stop, truncation=None,
                        batches=batches, progress=progress, checkpoint=checkpoint,
-                       checkpoint_every=checkpoint_every, resume_from=resume_from, record=record)
+                       checkpoint_every=checkpoint_every, resume_from=resume_from, record=record,
+                       executor=executor)
