@@ -53,7 +53,8 @@ def run_data_oob(inputs: Inputs, p: DataOOBParams, ctx: RunContext) -> dict[str,
     stopped = ctx.stop_requested()
     return result_object(
         "data-oob", entries, buyer=inputs.buyer.name,
-        utility={"model": "decision tree", "max_depth": p.max_depth, "score": "out-of-bag accuracy"},
+        utility={"model": "decision tree", "max_depth": p.max_depth, "max_features": "sqrt",
+                 "score": "out-of-bag accuracy"},
         estimator="data-oob", seed=p.seed, models=result.models,
         stop_reason=stopped or f"{result.models} bootstrap models fitted",
         never_out_of_bag=int((result.oob_counts == 0).sum()), executor=executor.describe(),

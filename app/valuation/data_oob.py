@@ -11,8 +11,8 @@ with standard error :math:`\sqrt{\psi_i(1-\psi_i)/c_i}` over its :math:`c_i` out
 that no model left out). A mislabelled point is predicted "wrongly" by models that never saw it, so it gets a low
 value: the cheap per-point value for large sellers (B model fits, against Data Shapley's thousands).
 
-The models are scikit-learn decision trees (``max_depth`` levels, the paper's random-forest members) fitted on
-``x[S_b]``, model b with ``random_state=b`` (it only breaks ties between equally good splits). Models come in
+The models are scikit-learn decision trees, the paper's random-forest members (``max_depth`` levels, √d random
+features per split), fitted on ``x[S_b]``, model b with ``random_state=b`` (its features' draws). Models come in
 batches of ``batch_size``: batch k's bootstrap indices come from
 :func:`~app.valuation.shapley.engine.batch_seed` (seed, k) only, and a batch returns two integer sums per point
 (out-of-bag count, correct count), so batches can run on any :mod:`executor
@@ -44,9 +44,10 @@ def bootstrap_indices(seed: int, batch: int, models: int, n: int) -> Iterator[np
 
 
 def tree_model(max_depth: int | None, random_state: int):
+    """A random-forest member (the paper's models): each split looks at √d random features."""
     from sklearn.tree import DecisionTreeClassifier
 
-    return DecisionTreeClassifier(max_depth=max_depth, random_state=random_state)
+    return DecisionTreeClassifier(max_depth=max_depth, max_features="sqrt", random_state=random_state)
 
 
 @dataclass

@@ -29,7 +29,7 @@ def bagging_reference(x, y, n_models, batch_size, max_depth, seed):
     """Bagging by hand on the same index sets: one cloned tree per set, every prediction in a dense (B, n) matrix,
     the accuracy over the out-of-bag cells of each column."""
     n = len(y)
-    base = DecisionTreeClassifier(max_depth=max_depth)
+    base = DecisionTreeClassifier(max_depth=max_depth, max_features="sqrt")
     sets = [idx for k in range(n_models // batch_size) for idx in bootstrap_indices(seed, k, batch_size, n)]
     preds = np.stack([clone(base).set_params(random_state=b).fit(x[s], y[s]).predict(x) for b, s in enumerate(sets)])
     in_bag = np.zeros((len(sets), n), dtype=bool)
