@@ -30,14 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import KMeans
 
+from app.valuation import defaults
 from app.valuation.errors import ValuationError
 from app.valuation.structural.wasserstein import sorted_cloud
 
-CODEBOOK = 2_000
+CODEBOOK = defaults.CODEBOOK
 KMEANS_RANDOM_STATE = 0
 KMEANS_MAX_ITER = 100
-REPLICATES = 50
-CONFIDENCE = 0.95
+REPLICATES = defaults.STRUCTURAL_REPLICATES
+CONFIDENCE = defaults.CONFIDENCE
 
 
 @dataclass(frozen=True)
