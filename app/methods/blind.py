@@ -119,7 +119,9 @@ def _share_buyer_graph(data: DataRef, p: BuyerShareParams, ctx: RunContext, requ
     ctx.progress(Progress(1.0, "share", "buyer", 1, 1))
     write_graph_request(request_path, request, share.feature_request)
     write_graph_share(private_path, request, share)
-    return {"request": request_path, "private": private_path, "proxy_nodes": request.spec.n_nodes, "notes": []}
+    described = ({"proxy_nodes": request.spec.n_nodes} if request.embedding == "proxy"
+                 else {"profile": request.profile, "codebook": request.codebook})
+    return {"request": request_path, "private": private_path, **described, "notes": []}
 
 
 # --- a seller ----------------------------------------------------------------------------------------------------
