@@ -1,5 +1,11 @@
 r"""The ``graph`` and ``structural-disparity`` methods: S plus relevance/diversity of node features.
 
+Two embeddings (``GraphOptions.embedding``): ``profile``, the default — each party computes the deterministic
+public node profile of :mod:`.profile` on its own graph and sends the rows sorted and merged, or above the
+request's ``codebook`` size k-means centroids with the error bound ε (:mod:`.trust`); nothing in the request
+depends on the job's graphs — and ``proxy``, the seeded proxy graph with a matcher described below. With either,
+the broker adds to S a bootstrap interval over nodes and the bracket S ± (ε_b + ε_s).
+
 Split into the three parties' steps, so blind mode (files between parties) and hosted mode
 (:func:`value_graphs`) run the same code and give identical numbers:
 
