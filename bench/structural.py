@@ -299,6 +299,7 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    ap.add_argument("--no-acceptance", action="store_true", help="skip table 5 (bench/structural_acceptance.py)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case before it is killed")
     ap.add_argument("--sd-sizes", type=str, default=None,
                     help="comma-separated node counts for the structural-disparity table (edges = 10 per node)")
@@ -389,10 +390,11 @@ def main() -> None:
     print(f"\n`uptime`: {uptime()}\n")
 
     # 5. acceptance numbers: the profile vs the old seeded proxy vs the WWL anchor
-    from bench.structural_acceptance import acceptance_tables
+    if not args.no_acceptance:
+        from bench.structural_acceptance import acceptance_tables
 
-    print(acceptance_tables(quick))
-    print(f"\n`uptime`: {uptime()}\n")
+        print(acceptance_tables(quick))
+        print(f"\n`uptime`: {uptime()}\n")
 
     # GPU line
     import torch
