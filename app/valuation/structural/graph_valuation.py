@@ -594,6 +594,9 @@ def graph_score(
         interval = _interval(buyer.structural, s.structural, d.value, error, solver, options, device)
         rd: RelevanceDiversity | None = None
         notes = list(s.notes)
+        if error > 0:
+            notes.append(f"S is computed from codebooks (at most {request.codebook} rows a party); the exact value "
+                         f"lies within ±{error:.3g} (structural_bracket)")
         if buyer.feature_private is not None and s.feature_share is not None:
             rd = broker_score(buyer.feature_private, s.feature_share, weights=options.feature_weights)
         elif request.feature_view != "none" and buyer.feature_private is None:
@@ -605,7 +608,7 @@ def graph_score(
             components=None if rd is None else rd.components, score=score, rows=s.structural.rows,
             num_nodes=s.structural.num_nodes, num_graphs=s.structural.num_graphs, details=d.details,
             matching=s.structural.matching, cleanup=s.structural.cleanup, notes=notes, interval=interval,
-            bracket=bracket(d.value, error), quantisation_error=error,
+            bracket=bracket(d.value, error) if solver.name == "exact" else None, quantisation_error=error,
         ))
         if progress is not None:
             progress(GraphProgress("score", i, len(sellers), f"seller {i} of {len(sellers)}"))
