@@ -94,7 +94,15 @@ from app.valuation.structural.proxy import (
     graph_stats,
     make_proxy,
 )
-from app.valuation.structural.trust import CODEBOOK, CONFIDENCE, REPLICATES, bootstrap_interval, bracket, quantise
+from app.valuation.structural.trust import (
+    CODEBOOK,
+    CONFIDENCE,
+    INTERVAL_ROWS,
+    REPLICATES,
+    bootstrap_interval,
+    bracket,
+    quantise,
+)
 from app.valuation.structural.wasserstein import (
     EXACT_MAX_PAIRS,
     N_PROJECTIONS,
@@ -624,16 +632,28 @@ def _interval(
     b: StructuralShare, s: StructuralShare, value: float, error: float, solver: SolverChoice, options: GraphOptions,
     device: torch.device | str,
 ) -> list[float] | None:
-    """The bootstrap interval of S over both sides' nodes (trust.py), with the job's solver."""
-    eb, es = b.embedding.numpy(), s.embedding.numpy()
+    """The bootstrap interval of S over both sides' nodes (trust.py), with the job's solver; replicates on at most
+    ``INTERVAL_ROWS`` rows a side."""
+    if options.replicates <= 0:
+        return None
+    eb, wb = _coarse(b)
+    es, ws = _coarse(s)
 
     def solve(rb: np.ndarray, rs: np.ndarray) -> float:
         kb, ks = rb > 0, rs > 0  # rows no resampled node landed on
         return wasserstein(eb[kb], es[ks], rb[kb], rs[ks], solver=solver, device=device).value
 
-    return bootstrap_interval(solve, b.weights.numpy(), s.weights.numpy(), b.num_nodes, s.num_nodes, value,
-                              replicates=options.replicates, confidence=options.confidence, error=error,
-                              seed=options.seed)
+    centre = None if (eb.shape[0], es.shape[0]) == (b.rows, s.rows) else solve(wb, ws)
+    return bootstrap_interval(solve, wb, ws, b.num_nodes, s.num_nodes, value, replicates=options.replicates,
+                              confidence=options.confidence, error=error, seed=options.seed, centre=centre)
+
+
+def _coarse(share: StructuralShare) -> tuple[np.ndarray, np.ndarray]:
+    """The rows the replicates are solved on: the share's own, or a k-means codebook of INTERVAL_ROWS of them."""
+    book = quantise(share.embedding.numpy(), share.weights.numpy(), INTERVAL_ROWS)
+    if not book.quantised:
+        return share.embedding.numpy(), share.weights.numpy()
+    return book.rows, book.weights
 
 
 def _score(weights: tuple[float, float, float] | None, sim: float, rd: RelevanceDiversity | None) -> float | None:
