@@ -322,3 +322,22 @@ def test_profile_spec_travels_in_the_request():
     assert request.profile_spec == ProfileSpec(2, 0.25) != ProfileSpec()
     share = graph_share(graph_from_networkx(karate()), request, role="seller").structural
     assert share.embedding.shape[1] == 4  # ln(1 + s), two WWL rounds, triangles
+
+
+def test_interval_from_a_coarser_codebook_matches_the_full_bootstrap():
+    """Above 300 rows a side the replicates run on 300-row codebooks; the interval's width stays within a factor
+    1.5 of the bootstrap on all rows."""
+    a, b = nx.barabasi_albert_graph(500, 3, seed=1), nx.gnm_random_graph(500, 1500, seed=2)
+    r = value_graphs(graph_from_networkx(a), [graph_from_networkx(b)],
+                     GraphOptions(feature_view="none", replicates=40)).results[0]
+    xa, xb = rows(a), rows(b)
+    assert len(np.unique(xa, axis=0)) > 300 and len(np.unique(xb, axis=0)) > 300
+
+    def solve(ra, rb):
+        ka, kb = ra > 0, rb > 0
+        return wasserstein(xa[ka], xb[kb], ra[ka], rb[kb]).value
+
+    full = bootstrap_interval(solve, np.full(500, 1 / 500), np.full(500, 1 / 500), 500, 500,
+                              r.structural_disparity, replicates=40)
+    width, full_width = r.interval[1] - r.interval[0], full[1] - full[0]
+    assert full_width / 1.5 <= width <= 1.5 * full_width, (r.interval, full)
