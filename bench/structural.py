@@ -10,13 +10,17 @@ Tables:
 1. Cora-sized ``graph`` valuation (2,708 nodes, 5,400 edges, 1,433 features, feature_view raw): the whole
    ``value_graphs`` call, and the same work split into phases (clean-up + proxy, structural share per party,
    featural share per party, broker).
-2. ``structural-disparity`` (GraphOptions(feature_view="none"), defaults otherwise) up to 100,000 nodes and
-   1,000,000 edges: time, peak RSS, the solver the defaults picked.
-3. Exact vs sliced on graphs where both run: the same shares scored with solver="exact" and solver="sliced".
-4. Naive baseline: scipy ``quadratic_assignment(method="faq")`` of each graph onto the same public proxy, the same
-   WWL propagation (``propagate``), ``ot.emd2`` on the full ``ot.dist`` Euclidean cost matrix, vs Appraise's
-   ``value_graphs`` (feature_view none, default signature matcher, solver picked by the defaults). The matchers
+2. ``structural-disparity`` (GraphOptions(feature_view="none"), defaults otherwise: the public node profile, a
+   2,000-row codebook a party, 50 bootstrap replicates) at 1,000, 10,000 and 100,000 nodes (10 edges a node):
+   time, peak RSS, the solver.
+3. The default profile embedding: exact W₁ on all rows vs the k-means codebook (500 rows a party), its bracket.
+4. Naive baseline for the proxy path: scipy ``quadratic_assignment(method="faq")`` of each graph onto the same
+   public proxy, the same WWL propagation (``propagate``), ``ot.emd2`` on the full ``ot.dist`` Euclidean cost
+   matrix, vs Appraise's ``value_graphs`` (feature_view none, embedding proxy, signature matcher). The matchers
    differ, so the two S differ; the table reports both.
+5. The issue's acceptance numbers (bench/structural_acceptance.py) for the profile (default), the old seeded
+   proxy (embedding proxy, signature matcher) and the non-blind WWL anchor with degree labels
+   (bench/peers/wwl.py).
 
 Every case runs in its own child process; its peak RSS is the child's ``ru_maxrss`` as returned by ``os.wait4``
 (the per-child form of ``getrusage(RUSAGE_CHILDREN)``). Torch uses its default thread count.
@@ -180,32 +184,18 @@ def case_sd(p: dict) -> dict:
     return {"gen": gen, "total": total, "S": res.results[0].structural_disparity, "solver": res.solver.name}
 
 
-def case_exact_sliced(p: dict) -> dict:
-    from app.valuation.structural import (
-        GraphOptions,
-        MatchTarget,
-        clean_graph,
-        graph_request,
-        graph_score,
-        graph_share,
-        make_proxy,
-    )
+def case_exact_codebook(p: dict) -> dict:
+    """The default profile embedding: exact W₁ on all rows (codebook off) vs the k-means codebook (k rows a
+    party) with its bracket."""
+    from app.valuation.structural import GraphOptions, value_graphs
 
-    b = clean_graph(make_graph(p["n"], p["m"], p_in=0.8, seed=1))
-    s = clean_graph(make_graph(p["n"], p["m"], p_in=0.6, seed=2))
-    base = GraphOptions(feature_view="none")
-    req = graph_request(b, [s], base)
-    target = MatchTarget.of(make_proxy(req.spec))
-    t0 = _t()
-    bs = graph_share(b, req, role="buyer", target=target)
-    ss = graph_share(s, req, role="seller", target=target)
-    embed_t = _t() - t0
-    out = {"embed": embed_t}
-    for name in ("exact", "sliced"):
-        opts = GraphOptions(feature_view="none", solver=name)
+    b = make_graph(p["n"], p["m"], p_in=0.8, seed=1)
+    s = make_graph(p["n"], p["m"], p_in=0.6, seed=2)
+    out = {}
+    for name, k in (("exact", None), ("codebook", p["k"])):
         t0 = _t()
-        v = graph_score(req, bs, [ss], opts)
-        out[name] = {"S": v.results[0].structural_disparity, "t": _t() - t0}
+        r = value_graphs(b, [s], GraphOptions(feature_view="none", replicates=0, codebook=k)).results[0]
+        out[name] = {"S": r.structural_disparity, "t": _t() - t0, "bracket": r.bracket}
     return out
 
 
@@ -220,7 +210,7 @@ def case_naive(p: dict) -> dict:
     n, m = p["n"], p["m"]
     buyer = make_graph(n, m, p_in=0.8, seed=1)
     seller = make_graph(n, m, p_in=0.6, seed=2)
-    opts = GraphOptions(feature_view="none")
+    opts = GraphOptions(feature_view="none", embedding="proxy")  # the proxy path this baseline re-implements
     # Appraise
     t0 = _t()
     res = value_graphs(buyer, [seller], opts)
@@ -248,7 +238,7 @@ def case_naive(p: dict) -> dict:
             "t_naive": t_naive, "S_naive": s_naive}
 
 
-CASES = {"cora": case_cora, "sd": case_sd, "exact_sliced": case_exact_sliced, "naive": case_naive}
+CASES = {"cora": case_cora, "sd": case_sd, "exact_codebook": case_exact_codebook, "naive": case_naive}
 
 
 def run_case(kind: str, params: dict, timeout: float) -> dict:
@@ -309,6 +299,8 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    ap.add_argument("--no-acceptance", action="store_true", help="skip table 5 (bench/structural_acceptance.py)")
+    ap.add_argument("--tables", type=str, default="1,2,3,4,5", help="which tables to run, e.g. 2,3")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case before it is killed")
     ap.add_argument("--sd-sizes", type=str, default=None,
                     help="comma-separated node counts for the structural-disparity table (edges = 10 per node)")
@@ -323,77 +315,93 @@ def main() -> None:
     print(f"# Structural benchmark ({'quick' if quick else 'full'} mode)\n")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; `uptime` at start: {uptime()}\n")
 
+    tables = set(args.tables.split(","))
     # 1. Cora-sized graph valuation
-    cora = dict(CORA) if not quick else dict(n=500, m=1000, features=300, blocks=7)
-    r = run_case("cora", cora, args.timeout)
-    print(f"## 1. `graph` valuation, feature_view raw — {cora['n']:,} nodes, {cora['m']:,} edges, "
-          f"{cora['features']:,} features (buyer and seller each)\n")
-    if "error" in r:
-        print(f"failed: {r['error']}\n")
-    else:
-        rows = [[k, f"{v:.3f}"] for k, v in r["phases"].items()]
-        rows.append(["**sum of phases (run after the cold call)**", f"**{sum(r['phases'].values()):.3f}**"])
-        rows.append(["**value_graphs, whole call, first in a fresh process (cold)**", f"**{r['totals'][0]:.3f}**"])
-        rows.append(["**value_graphs, whole call, again after the phased run (warm)**", f"**{r['totals'][1]:.3f}**"])
-        print(table(["phase", "seconds"], rows))
-        print(f"\nS = {r['S']:.6g} (phased run: {r['S_phased']:.6g}), similarity = {r['sim']:.4f}, "
-              f"R = {fmt(r['R'])}, D = {fmt(r['D'])}, solver = {r['solver']}; child process wall (incl. imports "
-              f"and graph generation) {r['wall']:.2f} s, peak RSS {r['rss_mib']:.0f} MiB. "
-              f"Target: whole call < 10 s → cold {'met' if r['totals'][0] < 10 else 'NOT met'}, "
-              f"warm {'met' if r['totals'][1] < 10 else 'NOT met'}.")
-    print(f"\n`uptime`: {uptime()}\n")
+    if "1" in tables:
+        cora = dict(CORA) if not quick else dict(n=500, m=1000, features=300, blocks=7)
+        r = run_case("cora", cora, args.timeout)
+        print(f"## 1. `graph` valuation, feature_view raw — {cora['n']:,} nodes, {cora['m']:,} edges, "
+              f"{cora['features']:,} features (buyer and seller each)\n")
+        if "error" in r:
+            print(f"failed: {r['error']}\n")
+        else:
+            rows = [[k, f"{v:.3f}"] for k, v in r["phases"].items()]
+            rows.append(["**sum of phases (run after the cold call)**", f"**{sum(r['phases'].values()):.3f}**"])
+            rows.append(["**value_graphs, whole call, first in a fresh process (cold)**", f"**{r['totals'][0]:.3f}**"])
+            rows.append(["**value_graphs, whole call, again after the phased run (warm)**",
+                         f"**{r['totals'][1]:.3f}**"])
+            print(table(["phase", "seconds"], rows))
+            print(f"\nS = {r['S']:.6g} (phased run: {r['S_phased']:.6g}), similarity = {r['sim']:.4f}, "
+                  f"R = {fmt(r['R'])}, D = {fmt(r['D'])}, solver = {r['solver']}; child process wall (incl. imports "
+                  f"and graph generation) {r['wall']:.2f} s, peak RSS {r['rss_mib']:.0f} MiB. "
+                  f"Target: whole call < 10 s → cold {'met' if r['totals'][0] < 10 else 'NOT met'}, "
+                  f"warm {'met' if r['totals'][1] < 10 else 'NOT met'}.")
+        print(f"\n`uptime`: {uptime()}\n")
 
     # 2. structural-disparity scaling
-    sizes = [2_000] if quick else [10_000, 30_000, 100_000]
-    if args.sd_sizes:
-        sizes = [int(s) for s in args.sd_sizes.split(",")]
-    print("## 2. `structural-disparity` (GraphOptions(feature_view=\"none\"), defaults), 10 edges per node\n")
-    rows = []
-    for n in sizes:
-        r = run_case("sd", {"n": n, "m": 10 * n}, args.timeout)
-        if "error" in r:
-            rows.append([f"{n:,}", f"{10 * n:,}", "—", r["error"], "—", f"{r['rss_mib']:.0f}", "—"])
-            continue
-        ok = r["total"] < 300 and r["rss_mib"] < 8 * 1024
-        rows.append([f"{n:,}", f"{10 * n:,}", r["solver"], f"{r['total']:.2f}", f"{r['S']:.6g}",
-                     f"{r['rss_mib']:.0f}", "yes" if ok else "no"])
-    print(table(["nodes", "edges", "solver (auto)", "value_graphs s", "S", "peak RSS MiB (child)",
-                 "< 5 min and < 8 GB"], rows))
-    print("\n(peak RSS includes graph generation, the Python interpreter and torch; value_graphs time excludes "
-          "generation.)")
-    print(f"\n`uptime`: {uptime()}\n")
+    if "2" in tables:
+        sizes = [1_000] if quick else [1_000, 10_000, 100_000]
+        if args.sd_sizes:
+            sizes = [int(s) for s in args.sd_sizes.split(",")]
+        print("## 2. `structural-disparity` (GraphOptions(feature_view=\"none\"), defaults), 10 edges per node\n")
+        rows = []
+        for n in sizes:
+            r = run_case("sd", {"n": n, "m": 10 * n}, args.timeout)
+            if "error" in r:
+                rows.append([f"{n:,}", f"{10 * n:,}", "—", r["error"], "—", f"{r['rss_mib']:.0f}", "—"])
+                continue
+            ok = r["total"] < 300 and r["rss_mib"] < 8 * 1024
+            rows.append([f"{n:,}", f"{10 * n:,}", r["solver"], f"{r['total']:.2f}", f"{r['S']:.6g}",
+                         f"{r['rss_mib']:.0f}", "yes" if ok else "no"])
+        print(table(["nodes", "edges", "solver (auto)", "value_graphs s", "S", "peak RSS MiB (child)",
+                     "< 5 min and < 8 GB"], rows))
+        print("\n(peak RSS includes graph generation, the Python interpreter and torch; value_graphs time excludes "
+              "generation.)")
+        print(f"\n`uptime`: {uptime()}\n")
 
-    # 3. exact vs sliced
-    sizes = [1_000] if quick else [2_000, 3_500, 5_000]
-    print("## 3. Exact (ot.emd2) vs sliced (256 projections) on the same shares, 10 edges per node\n")
-    rows = []
-    for n in sizes:
-        r = run_case("exact_sliced", {"n": n, "m": 10 * n}, args.timeout)
-        if "error" in r:
-            rows.append([f"{n:,}", r["error"], "", "", "", "", ""])
-            continue
-        e, s = r["exact"], r["sliced"]
-        rows.append([f"{n:,}", f"{e['S']:.6g}", f"{s['S']:.6g}", f"{s['S'] / e['S']:.4f}" if e["S"] else "—",
-                     f"{e['t']:.2f}", f"{s['t']:.3f}", f"{r['embed']:.2f}"])
-    print(table(["nodes", "S exact", "S sliced", "sliced / exact", "exact score s", "sliced score s",
-                 "both shares s"], rows))
-    print(f"\n`uptime`: {uptime()}\n")
+    # 3. exact vs codebook
+    if "3" in tables:
+        sizes = [1_000] if quick else [2_000, 5_000]
+        print("## 3. Default profile embedding: exact W1 on all rows vs the k-means codebook (k = 500 rows a party), "
+              "10 edges per node\n")
+        rows = []
+        for n in sizes:
+            r = run_case("exact_codebook", {"n": n, "m": 10 * n, "k": 500}, args.timeout)
+            if "error" in r:
+                rows.append([f"{n:,}", r["error"], "", "", "", "", "", ""])
+                continue
+            e, c = r["exact"], r["codebook"]
+            lo, hi = c["bracket"]
+            rows.append([f"{n:,}", f"{e['S']:.6g}", f"{c['S']:.6g}", f"{c['S'] / e['S']:.4f}" if e["S"] else "—",
+                         f"[{lo:.4g}, {hi:.4g}]", "yes" if lo <= e["S"] <= hi else "NO", f"{e['t']:.2f}",
+                         f"{c['t']:.2f}"])
+        print(table(["nodes", "S exact", "S codebook", "codebook / exact", "bracket", "contains exact",
+                     "exact s", "codebook s"], rows))
+        print(f"\n`uptime`: {uptime()}\n")
 
     # 4. naive baseline
-    sizes = [200] if quick else [200, 500, 1_000]
-    print("## 4. Naive baseline (scipy FAQ onto the proxy + same WWL + ot.emd2 on ot.dist) vs Appraise, "
-          "2 edges per node\n")
-    rows = []
-    for n in sizes:
-        r = run_case("naive", {"n": n, "m": 2 * n}, args.timeout)
-        if "error" in r:
-            rows.append([f"{n:,}", r["error"], "", "", "", ""])
-            continue
-        rows.append([f"{n:,}", f"{r['t_naive']:.3f}", f"{r['t_app']:.3f}", f"{r['t_naive'] / r['t_app']:.1f}×",
-                     f"{r['S_naive']:.6g}", f"{r['S_app']:.6g}"])
-    print(table(["nodes", "naive s", "Appraise s", "naive / Appraise", "S naive (FAQ matcher)",
-                 "S Appraise (signature matcher)"], rows))
-    print(f"\n`uptime`: {uptime()}\n")
+    if "4" in tables:
+        sizes = [200] if quick else [200, 500, 1_000]
+        print("## 4. Naive baseline (scipy FAQ onto the proxy + same WWL + ot.emd2 on ot.dist) vs Appraise, "
+              "2 edges per node\n")
+        rows = []
+        for n in sizes:
+            r = run_case("naive", {"n": n, "m": 2 * n}, args.timeout)
+            if "error" in r:
+                rows.append([f"{n:,}", r["error"], "", "", "", ""])
+                continue
+            rows.append([f"{n:,}", f"{r['t_naive']:.3f}", f"{r['t_app']:.3f}", f"{r['t_naive'] / r['t_app']:.1f}×",
+                         f"{r['S_naive']:.6g}", f"{r['S_app']:.6g}"])
+        print(table(["nodes", "naive s", "Appraise s", "naive / Appraise", "S naive (FAQ matcher)",
+                     "S Appraise (proxy, signature matcher)"], rows))
+        print(f"\n`uptime`: {uptime()}\n")
+
+    # 5. acceptance numbers: the profile vs the old seeded proxy vs the WWL anchor
+    if "5" in tables and not args.no_acceptance:
+        from bench.structural_acceptance import acceptance_tables
+
+        print(acceptance_tables(quick))
+        print(f"\n`uptime`: {uptime()}\n")
 
     # GPU line
     import torch

@@ -66,8 +66,12 @@ def _share_buyer(**kwargs: Any) -> None:
             raise UsageProblem(exc.render(cli_option)) from None
     for note in written["notes"]:
         stderr.print(f"note: {note}")
-    what = (f"proxy of {written['proxy_nodes']} nodes" if "proxy_nodes" in written
-            else f"{written['directions']} directions, {written['decoys']} of them decoys")
+    if "proxy_nodes" in written:
+        what = f"proxy of {written['proxy_nodes']} nodes"
+    elif "profile" in written:
+        what = f"public node profile, at most {written['codebook']} rows a party"
+    else:
+        what = f"{written['directions']} directions, {written['decoys']} of them decoys"
     stderr.print(f"wrote {written['request']} (public: give to sellers; {what}) and {written['private']} (give to "
                  "the broker only)")
 

@@ -40,6 +40,10 @@ class BuyerShareParams(Params):
     proxy_nodes: int | None = Field(None, ge=1, description="graph: the proxy's size (default: the buyer's graph's)")
     feature_view: Literal["raw", "propagated", "none"] = Field("raw", description="graph: raw | propagated | none")
     subsample: int | None = Field(None, ge=2, description="graph: each party sends at most this many rows of E")
+    embedding: Literal["profile", "proxy"] = Field(defaults.STRUCTURAL_EMBEDDING,
+                                                   description="graph: profile (public node profile) or proxy")
+    codebook: int = Field(defaults.CODEBOOK, ge=2, le=20_000,
+                          description="graph, profile: above this many rows a party sends k-means centroids")
 
     def check(self) -> list[tuple[str | None, str]]:
         if self.no_scale and self.scaling not in (None, "none"):
@@ -107,14 +111,17 @@ def _share_buyer_graph(data: DataRef, p: BuyerShareParams, ctx: RunContext, requ
         raise ParamsError("share buyer", [("proxy_nodes", f"{p.proxy_nodes} is smaller than the buyer's graph "
                                                           f"({stats.max_graph_nodes} nodes)")])
     options = GraphOptions(feature_view=p.feature_view, scaling=p.scaling_mode, threshold=p.threshold,  # type: ignore
-                           decoys=p.decoys, seed=p.seed, subsample=p.subsample, proxy_nodes=p.proxy_nodes)
+                           decoys=p.decoys, seed=p.seed, subsample=p.subsample, proxy_nodes=p.proxy_nodes,
+                           embedding=p.embedding, codebook=p.codebook)
     request = graph_request(stats, [], options)
     share = graph_share(graph, request, role="buyer", scaling=p.scaling_mode, threshold=p.threshold,  # type: ignore
                         decoys=p.decoys, device=ctx.device)
     ctx.progress(Progress(1.0, "share", "buyer", 1, 1))
     write_graph_request(request_path, request, share.feature_request)
     write_graph_share(private_path, request, share)
-    return {"request": request_path, "private": private_path, "proxy_nodes": request.spec.n_nodes, "notes": []}
+    described = ({"proxy_nodes": request.spec.n_nodes} if request.embedding == "proxy"
+                 else {"profile": request.profile, "codebook": request.codebook})
+    return {"request": request_path, "private": private_path, **described, "notes": []}
 
 
 # --- a seller ----------------------------------------------------------------------------------------------------
@@ -150,7 +157,7 @@ def _share_seller_graph(data: DataRef, request_path: Path, out: Path, ctx: RunCo
     request, features = read_graph_request(request_path)
     graph = read_graph(data.spec, limits=ctx.limits)
     notes = []
-    if graph_stats(graph).max_graph_nodes > request.spec.n_nodes:
+    if request.embedding == "proxy" and graph_stats(graph).max_graph_nodes > request.spec.n_nodes:
         notes.append(f"the seller's graph is larger than the proxy ({request.spec.n_nodes} nodes); ask the buyer for "
                      "a request with --proxy-nodes at least your node count")
     share = graph_share(graph, request, role="seller", feature_request=features, device=ctx.device)
@@ -203,7 +210,8 @@ def _score_graph(private: DataRef, sellers: list[DataRef], p: ScoreParams, ctx: 
 
     request, buyer, shares = read_graph_scoring_shares(private.spec, [s.spec for s in sellers])
     options = GraphOptions(feature_view=request.feature_view, seed=request.seed, subsample=request.subsample,
-                           score_weights=tuple(p.score_weights) if p.score_weights else None)  # type: ignore
+                           score_weights=tuple(p.score_weights) if p.score_weights else None,  # type: ignore
+                           embedding=request.embedding, codebook=request.codebook, confidence=p.confidence)
     valuation = graph_score(request, buyer, shares, options, progress=graph_progress(ctx))
     inputs = Inputs(private, sellers)
     return valuation_object("graph", inputs, valuation, blind=True, buyer_share=private.name,

@@ -20,6 +20,15 @@ GRAPH = "graph"
 
 
 class StructuralParams(Params):
+    embedding: Literal["profile", "proxy"] = Field(
+        defaults.STRUCTURAL_EMBEDDING, description="What each party embeds: profile (the deterministic public node "
+                                                   "profile) or proxy (the seeded proxy graph with a matcher)")
+    codebook: int = Field(defaults.CODEBOOK, ge=2, le=20_000,
+                          description="profile: a party with more rows sends this many k-means centroids and the "
+                                      "error bound (S then comes with a bracket that contains the exact value)")
+    replicates: int = Field(defaults.STRUCTURAL_REPLICATES, ge=0, description="Bootstrap replicates for the "
+                            "interval on S (0: no interval)", json_schema_extra=capped("max_replicates"))
+    confidence: float = Field(defaults.CONFIDENCE, gt=0.5, lt=1, description="Confidence of the interval on S")
     matcher: Literal["signature", "auto", "faq", "rank"] = Field(
         defaults.MATCHER, description="How each party maps its nodes onto the public proxy graph")
     solver: Literal["auto", "exact", "sliced", "sinkhorn"] = Field(
@@ -56,9 +65,14 @@ def graph_options(p: StructuralParams):
         return GraphOptions(matcher=p.matcher, feature_view=p.feature_view, scaling="none" if p.no_scale else "own",
                             threshold=p.threshold, subsample=p.subsample,
                             score_weights=tuple(p.score_weights) if p.score_weights else None,  # type: ignore[arg-type]
-                            decoys=p.decoys, seed=p.seed, solver=p.solver)
+                            decoys=p.decoys, seed=p.seed, solver=p.solver, **_trust(p))
     return GraphOptions(matcher=p.matcher, feature_view="none", scaling="own", threshold=defaults.THRESHOLD,
-                        subsample=p.subsample, seed=p.seed, solver=p.solver)
+                        subsample=p.subsample, seed=p.seed, solver=p.solver, **_trust(p))
+
+
+def _trust(p: StructuralParams) -> dict[str, Any]:
+    return {"embedding": p.embedding, "codebook": p.codebook, "replicates": p.replicates,
+            "confidence": p.confidence}
 
 
 def graph_progress(ctx: RunContext):
@@ -91,15 +105,16 @@ def run(inputs: Inputs, params: StructuralParams, ctx: RunContext) -> dict[str, 
 STRUCTURAL_METHOD = Method(
     id=STRUCTURAL,
     title="Structural disparity",
-    description="How differently the buyer's and each seller's graphs are wired (S), by blind message passing "
-                "over a public proxy graph and a graph Wasserstein distance; no party sees another's edges.",
+    description="How differently the buyer's and each seller's graphs are wired (S): each party sends only the "
+                "public structural profile of its nodes, the broker a Wasserstein distance with a 95% interval; no "
+                "party sees another's edges.",
     dataset_kind="graph",
     needs_labels=False,
     blind=True,
     per_point=False,
     params=StructuralParams,
     run_path="app.methods.graphs:run",
-    primary=("seed", "matcher"),
+    primary=("embedding", "seed"),
     columns=(Column("structural_disparity", "S", interval="structural_disparity"),
              Column("structural_similarity", "similarity"), Column("nodes", "nodes", ",d")),
 )

@@ -14,6 +14,12 @@ REPLICATES = 400
 REPLICATE_GROUPS = 64
 CONFIDENCE = 0.95
 RANKING = "lower-bound"
+#: structural disparity: the embedding each party computes ("profile": the deterministic public node profile;
+#: "proxy": the seeded proxy graph and signal with a matcher), the rows a party sends at most (above it, k-means
+#: centroids with an error bound), and the bootstrap replicates of the interval on S (0: none)
+STRUCTURAL_EMBEDDING = "profile"
+CODEBOOK = 2000
+STRUCTURAL_REPLICATES = 50
 #: structural disparity: rounds of blind message passing (WWL update)
 MESSAGE_ROUNDS = 3
 #: structural disparity: the default matcher of party nodes to proxy nodes

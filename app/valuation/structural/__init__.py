@@ -3,7 +3,9 @@
 Modules, in protocol order:
 
 - :mod:`.graph_model` — GraphData → clean undirected torch_geometric ``Data`` (+ a :class:`CleanupReport`).
-- :mod:`.proxy` — the public proxy graph and signal from a :class:`ProxySpec` (broker).
+- :mod:`.profile` — the default embedding: the deterministic public node profile (party).
+- :mod:`.trust` — the codebook with its error bound (party) and the bootstrap interval on S (broker).
+- :mod:`.proxy` — the public proxy graph and signal from a :class:`ProxySpec` (broker; ``embedding="proxy"``).
 - :mod:`.matching` — canonical node order and π: V(G) → V(P) (party).
 - :mod:`.message_passing` — the WWL embedding E (party).
 - :mod:`.wasserstein` — S = W₁(E_b, E_s) and structural similarity (broker).

@@ -1,5 +1,11 @@
 r"""The ``graph`` and ``structural-disparity`` methods: S plus relevance/diversity of node features.
 
+Two embeddings (``GraphOptions.embedding``): ``profile``, the default — each party computes the deterministic
+public node profile of :mod:`.profile` on its own graph and sends the rows sorted and merged, or above the
+request's ``codebook`` size k-means centroids with the error bound ε (:mod:`.trust`); nothing in the request
+depends on the job's graphs — and ``proxy``, the seeded proxy graph with a matcher described below. With either,
+the broker adds to S a bootstrap interval over nodes and the bracket S ± (ε_b + ε_s).
+
 Split into the three parties' steps, so blind mode (files between parties) and hosted mode
 (:func:`value_graphs`) run the same code and give identical numbers:
 
@@ -79,6 +85,7 @@ from app.valuation.structural.matching import (
     Method,
 )
 from app.valuation.structural.message_passing import DEFAULT_ROUNDS, embed
+from app.valuation.structural.profile import PROFILE_ROUNDS, TRIANGLE_SCALE, ProfileSpec, profile
 from app.valuation.structural.proxy import (
     DEFAULT_SIGNAL_DIM,
     Generator,
@@ -86,6 +93,15 @@ from app.valuation.structural.proxy import (
     ProxySpec,
     graph_stats,
     make_proxy,
+)
+from app.valuation.structural.trust import (
+    CODEBOOK,
+    CONFIDENCE,
+    INTERVAL_ROWS,
+    REPLICATES,
+    bootstrap_interval,
+    bracket,
+    quantise,
 )
 from app.valuation.structural.wasserstein import (
     EXACT_MAX_PAIRS,
@@ -106,12 +122,24 @@ from app.valuation.structural.wasserstein import (
 
 FeatureView = Literal["raw", "propagated", "none"]
 FEATURE_VIEWS = ("raw", "propagated", "none")
+# ``profile``: the deterministic public node profile (profile.py), the default; ``proxy``: the seeded proxy graph
+# and signal with a matcher (proxy.py, matching.py, message_passing.py), kept as an option.
+Embedding = Literal["profile", "proxy"]
+EMBEDDINGS = ("profile", "proxy")
 
 
 @dataclass(frozen=True)
 class GraphOptions:
     """Every choice of a graph valuation; :meth:`as_dict` goes into the result so a number can be reproduced."""
 
+    embedding: Embedding = "profile"
+    # profile embedding (parties)
+    profile_rounds: int = PROFILE_ROUNDS
+    triangle_scale: float = TRIANGLE_SCALE
+    codebook: int | None = CODEBOOK  # a party with more rows sends this many k-means centroids (and its ε)
+    # interval on S (broker): bootstrap replicates (0: none) and confidence
+    replicates: int = REPLICATES
+    confidence: float = CONFIDENCE
     # proxy (broker)
     generator: Generator = "erdos_renyi"
     signal_dim: int = DEFAULT_SIGNAL_DIM
@@ -143,6 +171,13 @@ class GraphOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.embedding not in EMBEDDINGS:
+            raise ValuationError(f"unknown structural embedding {self.embedding!r}; use profile or proxy")
+        if self.codebook is not None and self.codebook < 2:
+            raise ValuationError("the codebook needs at least 2 rows")
+        if self.replicates < 0 or not 0.5 < self.confidence < 1:
+            raise ValuationError("replicates must be >= 0 and the confidence between 0.5 and 1")
+        ProfileSpec(self.profile_rounds, self.triangle_scale)  # checks them
         if self.feature_view not in FEATURE_VIEWS:
             raise ValuationError(f"unknown feature view {self.feature_view!r}; use raw, propagated or none")
         if self.subsample is not None and self.subsample < 2:
@@ -178,6 +213,9 @@ class GraphRequest:
     subsample: int | None
     feature_view: FeatureView
     seed: int
+    embedding: Embedding = "profile"
+    profile: dict[str, Any] = field(default_factory=lambda: ProfileSpec().as_dict())
+    codebook: int | None = CODEBOOK
     request_id: str = ""
 
     def body(self) -> dict[str, Any]:
@@ -186,7 +224,12 @@ class GraphRequest:
             "faq_max_nodes": self.faq_max_nodes, "faq_restarts": self.faq_restarts,
             "signature_base": self.signature_base, "subsample": self.subsample,
             "feature_view": self.feature_view, "seed": self.seed,
+            "embedding": self.embedding, "profile": dict(self.profile), "codebook": self.codebook,
         }
+
+    @property
+    def profile_spec(self) -> ProfileSpec:
+        return ProfileSpec.from_dict(self.profile)
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.body(), "request_id": self.request_id}
@@ -215,18 +258,26 @@ def graph_request(
     sellers: Sequence[GraphStats | GraphData | CleanGraph],
     options: GraphOptions = GraphOptions(),
 ) -> GraphRequest:
-    """Broker's first step, from listing metadata: the proxy spec (METHODS defaults) and the embedding settings."""
-    b = graph_stats(buyer)
-    stats = [b, *(graph_stats(s) for s in sellers)]
-    n_p = options.proxy_nodes or max(s.max_graph_nodes for s in stats)
-    spec = ProxySpec(
-        generator=options.generator, n_nodes=int(n_p), mean_degree=float(b.mean_degree),
-        signal_dim=options.signal_dim, seed=options.seed,
-    )
+    """Broker's first step, from listing metadata: the embedding settings, and for ``embedding="proxy"`` the
+    proxy spec (METHODS defaults: sized to the job's largest graph, the buyer's mean degree). With the default
+    ``profile`` embedding nothing in the request depends on the job's graphs: the proxy spec is a fixed
+    placeholder the parties do not use."""
+    if options.embedding == "profile":
+        spec = ProxySpec()
+    else:
+        b = graph_stats(buyer)
+        stats = [b, *(graph_stats(s) for s in sellers)]
+        n_p = options.proxy_nodes or max(s.max_graph_nodes for s in stats)
+        spec = ProxySpec(
+            generator=options.generator, n_nodes=int(n_p), mean_degree=float(b.mean_degree),
+            signal_dim=options.signal_dim, seed=options.seed,
+        )
     req = GraphRequest(
         spec=spec, matcher=options.matcher, rounds=options.rounds, faq_max_nodes=options.faq_max_nodes,
         faq_restarts=options.faq_restarts, signature_base=options.signature_base, subsample=options.subsample,
-        feature_view=options.feature_view, seed=options.seed,
+        feature_view=options.feature_view, seed=options.seed, embedding=options.embedding,
+        profile=ProfileSpec(options.profile_rounds, options.triangle_scale).as_dict(),
+        codebook=options.codebook if options.embedding == "profile" else None,
     )
     return _with_id(req)
 
@@ -244,6 +295,8 @@ class StructuralShare:
     num_nodes: int
     num_graphs: int
     subsampled: bool = False
+    quantised: bool = False  # the rows are codebook centroids
+    quantisation_error: float = 0.0  # ε = Σ_i w_i ‖x_i − c(x_i)‖ over the party's own rows (0: rows as they are)
     matching: dict[str, Any] = field(default_factory=dict, compare=False)
     cleanup: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -256,7 +309,8 @@ class StructuralShare:
         arrays = {"embedding": self.embedding.numpy(), "weights": self.weights.numpy()}
         meta = {
             "request_id": self.request_id, "num_nodes": self.num_nodes, "num_graphs": self.num_graphs,
-            "subsampled": self.subsampled, "matching": self.matching, "cleanup": self.cleanup,
+            "subsampled": self.subsampled, "quantised": self.quantised, "quantisation_error": self.quantisation_error,
+            "matching": self.matching, "cleanup": self.cleanup,
         }
         return arrays, meta
 
@@ -271,9 +325,17 @@ class StructuralShare:
         return cls(
             request_id=str(meta["request_id"]), embedding=torch.from_numpy(e), weights=torch.from_numpy(w),
             num_nodes=int(meta["num_nodes"]), num_graphs=int(meta["num_graphs"]),
-            subsampled=bool(meta.get("subsampled", False)), matching=dict(meta.get("matching", {})),
+            subsampled=bool(meta.get("subsampled", False)), quantised=bool(meta.get("quantised", False)),
+            quantisation_error=_error(meta.get("quantisation_error", 0.0)), matching=dict(meta.get("matching", {})),
             cleanup=dict(meta.get("cleanup", {})),
         )
+
+
+def _error(value: Any) -> float:
+    e = float(value)
+    if not (math.isfinite(e) and e >= 0):
+        raise ShareMismatch(None, f"a structural share's quantisation error must be a number >= 0, not {value!r}")
+    return e
 
 
 @dataclass(frozen=True)
@@ -295,8 +357,11 @@ def structural_share(
     target: MatchTarget | None = None,
     device: torch.device | str = "cpu",
 ) -> StructuralShare:
-    """Embed every graph of ``graph`` against the request's proxy and pool the rows with per-graph weights."""
+    """Embed every graph of ``graph`` (the public profile, or against the request's proxy) and pool the rows with
+    per-graph weights; above the request's codebook size, send centroids and the error bound instead."""
     g = clean_graph(graph)
+    if request.embedding == "profile":
+        return _profile_share(g, request)
     target = target or MatchTarget.of(make_proxy(request.spec))
     if target.proxy.signal.shape[1] != request.spec.signal_dim or target.n != request.spec.n_nodes:
         raise ValuationError("the proxy given does not match the request's spec")
@@ -321,6 +386,29 @@ def structural_share(
     return StructuralShare(
         request_id=request.request_id, embedding=E, weights=w / w.sum(), num_nodes=g.num_nodes,
         num_graphs=n_graphs, subsampled=subsampled, matching=_matching_summary(summaries),
+        cleanup=g.report.as_dict(),
+    )
+
+
+def _profile_share(g: CleanGraph, request: GraphRequest) -> StructuralShare:
+    spec = request.profile_spec
+    parts = [profile(Adjacency.of(data), spec) for data in g.graphs]
+    weights = [torch.full((int(d.num_nodes),), 1.0 / (g.num_graphs * int(d.num_nodes)), dtype=torch.float64)
+               for d in g.graphs]
+    E, w = torch.cat(parts, dim=0), torch.cat(weights)
+    subsampled = False
+    if request.subsample is not None and E.shape[0] > request.subsample:
+        E, w = _subsample_rows(E, w, request.subsample, request.seed)
+        subsampled = True
+    # Rows leave sorted and merged (equal profiles summed): no node order, no duplicate rows; beyond the codebook
+    # size, k-means centroids with the bound ε.
+    book = quantise(E.numpy(), w.numpy(), request.codebook)
+    return StructuralShare(
+        request_id=request.request_id, embedding=torch.from_numpy(book.rows), weights=torch.from_numpy(book.weights),
+        num_nodes=g.num_nodes, num_graphs=g.num_graphs, subsampled=subsampled, quantised=book.quantised,
+        quantisation_error=book.error,
+        matching={"embedding": "profile", "profile": spec.as_dict(), "graphs": g.num_graphs,
+                  "rows_sent": int(book.rows.shape[0]), "codebook": book.quantised},
         cleanup=g.report.as_dict(),
     )
 
@@ -433,10 +521,17 @@ class GraphResult:
     matching: dict[str, Any] = field(default_factory=dict)
     cleanup: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # [lo, hi] bootstrap interval of S (None: no replicates); [S − ε, S + ε] around a codebook value
+    interval: list[float] | None = None
+    bracket: list[float] | None = None
+    quantisation_error: float = 0.0  # ε_buyer + ε_seller
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "structural_disparity": self.structural_disparity,
+            "intervals": None if self.interval is None else {"structural_disparity": self.interval},
+            "structural_bracket": self.bracket,
+            "quantisation_error": self.quantisation_error,
             "structural_similarity": self.structural_similarity,
             "relevance": self.relevance,
             "diversity": self.diversity,
@@ -503,8 +598,13 @@ def graph_score(
     for i, s in enumerate(sellers, 1):
         d = wasserstein(eb, s.structural.embedding, wb, s.structural.weights, solver=solver, device=device)
         sim = structural_similarity(d.value, s0)
+        error = buyer.structural.quantisation_error + s.structural.quantisation_error
+        interval = _interval(buyer.structural, s.structural, d.value, error, solver, options, device)
         rd: RelevanceDiversity | None = None
         notes = list(s.notes)
+        if error > 0:
+            notes.append(f"S is computed from codebooks (at most {request.codebook} rows a party); the exact value "
+                         f"lies within ±{error:.3g} (structural_bracket)")
         if buyer.feature_private is not None and s.feature_share is not None:
             rd = broker_score(buyer.feature_private, s.feature_share, weights=options.feature_weights)
         elif request.feature_view != "none" and buyer.feature_private is None:
@@ -515,7 +615,8 @@ def graph_score(
             relevance=None if rd is None else rd.relevance, diversity=None if rd is None else rd.diversity,
             components=None if rd is None else rd.components, score=score, rows=s.structural.rows,
             num_nodes=s.structural.num_nodes, num_graphs=s.structural.num_graphs, details=d.details,
-            matching=s.structural.matching, cleanup=s.structural.cleanup, notes=notes,
+            matching=s.structural.matching, cleanup=s.structural.cleanup, notes=notes, interval=interval,
+            bracket=bracket(d.value, error) if solver.name == "exact" else None, quantisation_error=error,
         ))
         if progress is not None:
             progress(GraphProgress("score", i, len(sellers), f"seller {i} of {len(sellers)}"))
@@ -525,6 +626,34 @@ def graph_score(
         "components": None if buyer.feature_private is None else buyer.feature_private.components,
     }
     return GraphValuation(request, solver, s0, results, buyer_info, options.as_dict())
+
+
+def _interval(
+    b: StructuralShare, s: StructuralShare, value: float, error: float, solver: SolverChoice, options: GraphOptions,
+    device: torch.device | str,
+) -> list[float] | None:
+    """The bootstrap interval of S over both sides' nodes (trust.py), with the job's solver; replicates on at most
+    ``INTERVAL_ROWS`` rows a side."""
+    if options.replicates <= 0:
+        return None
+    eb, wb = _coarse(b)
+    es, ws = _coarse(s)
+
+    def solve(rb: np.ndarray, rs: np.ndarray) -> float:
+        kb, ks = rb > 0, rs > 0  # rows no resampled node landed on
+        return wasserstein(eb[kb], es[ks], rb[kb], rs[ks], solver=solver, device=device).value
+
+    centre = None if (eb.shape[0], es.shape[0]) == (b.rows, s.rows) else solve(wb, ws)
+    return bootstrap_interval(solve, wb, ws, b.num_nodes, s.num_nodes, value, replicates=options.replicates,
+                              confidence=options.confidence, error=error, seed=options.seed, centre=centre)
+
+
+def _coarse(share: StructuralShare) -> tuple[np.ndarray, np.ndarray]:
+    """The rows the replicates are solved on: the share's own, or a k-means codebook of INTERVAL_ROWS of them."""
+    book = quantise(share.embedding.numpy(), share.weights.numpy(), INTERVAL_ROWS)
+    if not book.quantised:
+        return share.embedding.numpy(), share.weights.numpy()
+    return book.rows, book.weights
 
 
 def _score(weights: tuple[float, float, float] | None, sim: float, rd: RelevanceDiversity | None) -> float | None:
@@ -591,7 +720,7 @@ def value_graphs(
         ss.append(clean_graph(s))
         tick("clean", label)
     request = graph_request(b, ss, options)
-    target = MatchTarget.of(make_proxy(request.spec))
+    target = MatchTarget.of(make_proxy(request.spec)) if request.embedding == "proxy" else None
     kw = dict(scaling=options.scaling, threshold=options.threshold, threshold_mode=options.threshold_mode,
               decoys=options.decoys, target=target, device=device)
     bshare = graph_share(b, request, role="buyer", **kw)

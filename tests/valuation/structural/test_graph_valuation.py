@@ -137,7 +137,7 @@ def test_weighted_score_and_similarity():
 
 
 def test_one_solver_for_every_seller_of_a_job():
-    options = GraphOptions(feature_view="none", exact_max_pairs=150 * 150)
+    options = GraphOptions(embedding="proxy", feature_view="none", exact_max_pairs=150 * 150)
     result = value_graphs(BUYER, SELLERS, options)  # 150×120 fits, 150×200 does not
     assert result.solver.name == "sliced" and result.solver.params["largest_pair"] == 150 * 200
     assert all("sliced_raw" in r.details for r in result.results)
@@ -147,14 +147,15 @@ def test_one_solver_for_every_seller_of_a_job():
 
 
 def test_subsampled_shares():
-    options = GraphOptions(feature_view="none", subsample=100)
+    options = GraphOptions(embedding="proxy", feature_view="none", subsample=100)
     request = graph_request(BUYER, SELLERS, options)
     share = graph_share(SELLERS[1], request, role="seller").structural
     assert share.rows == 100 and share.subsampled and share.num_nodes == 200
     torch.testing.assert_close(share.weights, torch.full((100,), 0.01, dtype=torch.float64))
     again = graph_share(shuffled_arrays(SELLERS[1], 3), request, role="seller").structural
     assert torch.equal(share.embedding, again.embedding)  # the sample does not depend on node order
-    full = value_graphs(BUYER, SELLERS, GraphOptions(feature_view="none")).results[1].structural_disparity
+    proxy = GraphOptions(embedding="proxy", feature_view="none")
+    full = value_graphs(BUYER, SELLERS, proxy).results[1].structural_disparity
     sub = value_graphs(BUYER, SELLERS, options).results[1].structural_disparity
     assert sub == pytest.approx(full, rel=0.35)
 

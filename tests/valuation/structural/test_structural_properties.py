@@ -175,7 +175,7 @@ def collection_share(graphs: list[nx.Graph], request):
 def test_collections_weight_every_graph_equally():
     small = atlas(range(20, 120))  # 4–6 node graphs
     c = clean_graph(graph_from_networkx(small))
-    request = graph_request(c, [c], GraphOptions())
+    request = graph_request(c, [c], GraphOptions(embedding="proxy"))  # the proxy path; the profile path merges rows
     assert request.spec.n_nodes == max(h.number_of_nodes() for h in small)  # proxy sized to the largest graph
     base = collection_share(small, request)
     assert base.num_graphs == 100 and base.rows == sum(h.number_of_nodes() for h in small)
