@@ -26,9 +26,9 @@ from typing import Literal
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from app.api.problems import database_unavailable, problem
 from app.config import Settings
 from app.db.session import transaction
+from app.http.problems import database_unavailable, problem
 from app.http.throttle import AuthThrottle
 from app.services.errors import Unauthorized
 from app.services.keys import Caller, authenticate, cached_caller
