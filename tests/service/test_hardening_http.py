@@ -335,6 +335,7 @@ def test_an_exhausted_pool_is_a_quick_503(settings, make_org):
             t = time.perf_counter()
             r = client.get("/api/v1/datasets", headers=org.headers)
             assert time.perf_counter() - t < 2
+            assert client.get("/healthz").status_code == 200  # it never needs the pool
         assert r.status_code == 503 and r.headers["content-type"] == PROBLEM and r.headers["retry-after"]
         assert client.get("/api/v1/datasets", headers=org.headers).status_code == 200  # and back
 
@@ -457,3 +458,17 @@ def test_json_routes_are_capped_before_the_body_is_parsed(client, make_org, sett
     assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
     r = client.post("/api/v1/shares", content=b"x" * 100, headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert r.status_code == 401 and r.headers["content-type"] == PROBLEM
+
+
+def test_a_resumable_chunk_over_its_cap_is_a_413(settings, make_org):
+    org = make_org("chunky", "seller")
+    with TestClient(_app(settings, max_upload_chunk_bytes=MB)) as client:
+        tus = {**org.headers, "Tus-Resumable": "1.0.0"}
+        r = client.post("/api/v1/uploads", headers={**tus, "Upload-Length": str(3 * MB)})
+        assert r.status_code == 201, r.text
+        patch = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        r = client.patch(r.headers["location"], headers=patch, content=b"x" * (MB + 1))
+        assert r.status_code == 413 and "APPRAISE_MAX_UPLOAD_CHUNK_BYTES" in r.json()["detail"]
+        ok = client.post("/api/v1/uploads", headers={**tus, "Upload-Length": str(MB)}).headers["location"]
+        r = client.patch(ok, headers=patch, content=b"x" * MB)  # a chunk at the cap is fine
+        assert r.status_code == 204 and r.headers["upload-offset"] == str(MB)
