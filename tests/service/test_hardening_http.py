@@ -440,6 +440,8 @@ def test_failed_authentication_is_throttled(settings, make_org):
     elsewhere = TestClient(app, client=("198.51.100.8", 1234))
     assert elsewhere.get("/api/v1/whoami", headers=bad).status_code == 429  # this key prefix waits too
     assert elsewhere.get("/api/v1/whoami", headers=org.headers).status_code == 200  # others are not slowed
+    keyless = TestClient(app, client=("198.51.100.9", 1234))
+    assert [keyless.get("/api/v1/whoami").status_code for _ in range(5)] == [401] * 5  # no key is no guess
 
 
 def test_json_routes_are_capped_before_the_body_is_parsed(client, make_org, settings):
