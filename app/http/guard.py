@@ -147,8 +147,8 @@ class RequestGuard:
         if identity is None:
             if key or _cookie(scope, SESSION_COOKIE):  # a wrong credential, not a missing one, is a guess
                 self.throttle.failed(*buckets)
-            return problem(401, "Unauthorized", "a valid API key is required: Authorization: Bearer apr_... (or a "
-                           "portal session)", instance=scope["path"], headers={"WWW-Authenticate": "Bearer", **_CLOSE})
+            return problem(401, "Unauthorized", "a valid API key is required: Authorization: Bearer apr_...",
+                           instance=scope["path"], headers={"WWW-Authenticate": "Bearer", **_CLOSE})
         return identity
 
 
