@@ -60,7 +60,7 @@ def tree_rss_mb(pid: int) -> float:
     return total + sum(rss_mb(int(k)) for k in kids)
 
 
-def wait_ready(base: str, timeout: float = 60) -> None:
+def wait_ready(base: str, timeout: float = 180) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
         try:

@@ -147,12 +147,14 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", operation_id="get_job", responses=responses(401, 404))
-async def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
+def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
     """A job's state, progress, attempts and last error; its result summary once it succeeded."""
-    # The endpoint clients poll: async, so it runs on the event loop with no threadpool hop (one primary-key
-    # query of well under a millisecond; the hop and its GIL hand-off cost more than the query). Measured with
-    # bench/service.py: about 2x the requests/s of the sync version.
-    return job_out(*service.get_job_with_result(session, caller, job_id))
+    # The endpoint clients poll. Sync, so its query runs in the threadpool: on the event loop, a query waiting
+    # for a pooled connection froze every route (an async version was faster until the pool ran out). It ends
+    # its read-only transaction here, in its thread, so the session's exit has no commit to hop threads for.
+    out = job_out(*service.get_job_with_result(session, caller, job_id))
+    session.close()
+    return out
 
 
 @router.post("/jobs/{job_id}/cancel", operation_id="cancel_job", status_code=200,

@@ -27,6 +27,7 @@ from app.db.models import JOB_STATES, Job, JobStatus
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("appraise.access")
+error_log = logging.getLogger("appraise.api")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
@@ -139,7 +140,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            access_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not started:
                 from app.api.problems import problem
 

@@ -13,9 +13,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.data.errors import DataError
+from app.http.problems import PROBLEM_JSON, database_unavailable, problem
 from app.services.errors import ServiceError
 
-PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("appraise.api")
 
 
@@ -27,31 +27,6 @@ class Problem(BaseModel):
     status: int
     detail: str | None = None
     instance: str | None = None
-
-
-def problem(status: int, title: str, detail: str | None, *, type_: str = "about:blank", instance: str | None = None,
-            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    body = {"type": type_, "title": title, "status": status, "detail": detail, "instance": instance, **extra}
-    return JSONResponse({k: v for k, v in body.items() if v is not None}, status_code=status,
-                        media_type=PROBLEM_JSON, headers=headers)
-
-
-def database_unavailable(exc: BaseException, retry_after: int, instance: str | None) -> JSONResponse | None:
-    """A 503 with ``Retry-After`` when ``exc`` says the database cannot be reached now (an exhausted pool, a
-    refused or dropped connection); None for any other error."""
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-    from sqlalchemy.exc import TimeoutError as PoolTimeout
-
-    if isinstance(exc, PoolTimeout):
-        detail = "the service is busy: no database connection came free in time; retry shortly"
-    elif isinstance(exc, (OperationalError, InterfaceError)) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated):
-        detail = "the database is unreachable or busy; retry shortly"
-    else:
-        return None
-    log.warning("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
-    return problem(503, "Service unavailable", detail, type_="/problems/unavailable", instance=instance,
-                   headers={"Retry-After": str(retry_after)})
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -8,8 +8,8 @@ For every request it
 - **authenticates** every ``/api/v1`` request (an API key, or a portal session cookie) before the body is read:
   no credentials or bad ones are answered **401** without reading the body, and the caller found is handed to
   the route (``request.state.identity``) so it is not looked up twice;
-- slows down **failed authentication** per client address and key prefix (:class:`AuthThrottle`): **429** with
-  ``Retry-After``;
+- slows down **failed authentication** (a wrong key or session cookie; a missing one is just a 401) per client
+  address and key prefix (:class:`AuthThrottle`): **429** with ``Retry-After``;
 - answers **408** when a body stops arriving for ``body_read_timeout_seconds``.
 
 Database work (a key not in the cache, a portal session) runs in the threadpool with its own short session, so no
@@ -26,9 +26,9 @@ from typing import Literal
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from app.api.problems import database_unavailable, problem
 from app.config import Settings
 from app.db.session import transaction
+from app.http.problems import database_unavailable, problem
 from app.http.throttle import AuthThrottle
 from app.services.errors import Unauthorized
 from app.services.keys import Caller, authenticate, cached_caller
@@ -145,9 +145,10 @@ class RequestGuard:
                 raise
             return down
         if identity is None:
-            self.throttle.failed(*buckets)
-            return problem(401, "Unauthorized", "a valid API key is required: Authorization: Bearer apr_... (or a "
-                           "portal session)", instance=scope["path"], headers={"WWW-Authenticate": "Bearer", **_CLOSE})
+            if key or _cookie(scope, SESSION_COOKIE):  # a wrong credential, not a missing one, is a guess
+                self.throttle.failed(*buckets)
+            return problem(401, "Unauthorized", "a valid API key is required: Authorization: Bearer apr_...",
+                           instance=scope["path"], headers={"WWW-Authenticate": "Bearer", **_CLOSE})
         return identity
 
 
@@ -165,7 +166,8 @@ async def _lookup(state, scheme: str, key: str, cookie: str | None) -> Identity 
     caller = await run_in_threadpool(_session_caller, state.sessions, cookie, state.settings)
     return Identity(caller, "session", cookie) if caller is not None else None
 
-# --- the body  -----------------------------------------------------------------------------------------------
+
+# --- the body ----------------------------------------------------------------------------------------------------
 def _too_large(cap: BodyCap) -> Response:
     return problem(413, "Payload too large", f"the request body is larger than this route's cap of {cap.bytes:,} "
                    f"bytes ({cap.setting}); send less (large files: the resumable upload, in chunks)",
@@ -182,7 +184,8 @@ async def _capped(app, scope, receive, send, cap: BodyCap, timeout: float) -> No
         if finished or refused is not None:
             return await receive()  # after the body: the route listens for a disconnect, no time-out
         try:
-            message = await asyncio.wait_for(receive(), timeout)
+            async with asyncio.timeout(timeout):  # no task per chunk, unlike wait_for
+                message = await receive()
         except TimeoutError:
             refused = problem(408, "Request timeout", f"the request body sent nothing for {timeout:g} s",
                               headers=_CLOSE)

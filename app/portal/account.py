@@ -8,12 +8,13 @@ import secrets
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
 
 from app.db.models import Dataset, Job, Listing, Organization
 from app.db.session import begin_write
 from app.http.deps import SESSION_COOKIE, SessionDep
 from app.http.validation import check_form
-from app.portal.web import FORM_MAX_BYTES, ViewerDep, checked_form, current_viewer, page, policy, redirect
+from app.portal.web import FORM_MAX_BYTES, PageFormDep, ViewerDep, current_viewer, page, policy, redirect
 from app.services import keys as keys_service
 from app.services import users
 from app.services.errors import Forbidden, Invalid
@@ -60,6 +61,20 @@ def home(request: Request, session: SessionDep, next: str | None = None) -> HTML
     return page(request, "home.html", viewer, counts=counts)
 
 
+def _sign_in(session, email: str, password: str, sessions_policy) -> tuple[str | None, users.SignInRefused | None]:
+    """The sign-in's queries (in the threadpool): a new session's token, or why it was refused (the failure is
+    committed: it counts towards the lockout)."""
+    begin_write(session)
+    try:
+        user = users.sign_in(session, email, password, sessions_policy)
+    except users.SignInRefused as exc:
+        session.commit()
+        return None, exc
+    token = users.open_session(session, user, sessions_policy)
+    session.commit()
+    return token, None
+
+
 @router.post("/sign-in", response_class=HTMLResponse)
 async def sign_in(request: Request, session: SessionDep) -> Response:
     if len(await request.body()) > FORM_MAX_BYTES:
@@ -72,16 +87,11 @@ async def sign_in(request: Request, session: SessionDep) -> Response:
     if not token or not secrets.compare_digest(token, str(form.get("csrf_token") or "")):
         return _sign_in_form(request, email=email, status_code=400, next_path=next_path,
                              error="The form expired; please sign in again.")
-    begin_write(session)
-    try:
-        user = users.sign_in(session, email, password, policy(request))
-    except users.SignInRefused as exc:
-        session.commit()  # the failure counts
-        await asyncio.sleep(exc.wait)  # slowed down, without holding a thread
-        return _sign_in_form(request, email=email, status_code=401, error=exc.detail[0].upper() + exc.detail[1:] + ".",
-                             next_path=next_path)
-    session_token = users.open_session(session, user, policy(request))
-    session.commit()
+    session_token, refused = await run_in_threadpool(_sign_in, session, email, password, policy(request))
+    if refused is not None:
+        await asyncio.sleep(refused.wait)  # slowed down, without holding a thread
+        return _sign_in_form(request, email=email, status_code=401,
+                             error=refused.detail[0].upper() + refused.detail[1:] + ".", next_path=next_path)
     response = redirect(_safe_next(next_path))
     response.set_cookie(SESSION_COOKIE, session_token, httponly=True, samesite="lax", secure=_secure(request),
                         path="/", max_age=int(policy(request).lifetime.total_seconds()))
@@ -90,8 +100,7 @@ async def sign_in(request: Request, session: SessionDep) -> Response:
 
 
 @router.post("/sign-out")
-async def sign_out(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
-    await checked_form(request, viewer)
+def sign_out(request: Request, session: SessionDep, viewer: ViewerDep, _form: PageFormDep) -> Response:
     begin_write(session)
     users.close_session(session, viewer.token)
     response = redirect("/portal/", signed_out=1)
@@ -105,8 +114,7 @@ def password_form(request: Request, viewer: ViewerDep, done: int | None = None) 
 
 
 @router.post("/password", response_class=HTMLResponse)
-async def change_password(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
-    form = await checked_form(request, viewer)
+def change_password(request: Request, session: SessionDep, viewer: ViewerDep, form: PageFormDep) -> Response:
     new, again = form.get("new_password", ""), form.get("repeat_password", "")
     errors = {}
     if new != again:
@@ -141,8 +149,7 @@ def keys_page(request: Request, session: SessionDep, viewer: ViewerDep) -> HTMLR
 
 
 @router.post("/keys", response_class=HTMLResponse)
-async def create_key(request: Request, session: SessionDep, viewer: ViewerDep) -> HTMLResponse:
-    form = await checked_form(request, viewer)
+def create_key(request: Request, session: SessionDep, viewer: ViewerDep, form: PageFormDep) -> HTMLResponse:
     users.require_org_admin(viewer.signed.user)
     name = form.get("name", "").strip() or None
     if name and len(name) > 200:
@@ -155,8 +162,7 @@ async def create_key(request: Request, session: SessionDep, viewer: ViewerDep) -
 
 
 @router.post("/keys/{key_id}/revoke")
-async def revoke_key(key_id: str, request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
-    await checked_form(request, viewer)
+def revoke_key(key_id: str, request: Request, session: SessionDep, viewer: ViewerDep, _form: PageFormDep) -> Response:
     users.require_org_admin(viewer.signed.user)
     begin_write(session)
     keys_service.revoke_org_key(session, viewer.caller.org_id, key_id)

@@ -14,7 +14,7 @@ from app.methods import METHODS
 from app.portal import charts
 from app.portal.forms import fields_of, params_from_form
 from app.portal.results import charts_for, rows
-from app.portal.web import PortalNotFound, ViewerDep, checked_form, page, redirect
+from app.portal.web import PageFormDataDep, PageFormDep, PortalNotFound, ViewerDep, page, redirect
 from app.services import datasets as datasets_service
 from app.services import jobs as jobs_service
 from app.services import listings as listings_service
@@ -107,10 +107,9 @@ _FIELD_OF = {"buyer_dataset_id": "buyer", "seller_dataset_ids": "listings", "par
 
 
 @router.post("/valuations/new", response_class=HTMLResponse)
-async def start_valuation(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
-    form = await checked_form(request, viewer)
+def start_valuation(request: Request, session: SessionDep, viewer: ViewerDep, form: PageFormDep,
+                    raw: PageFormDataDep) -> Response:
     _buyer(viewer)
-    raw = await request.form()
     picked = [str(v) for v in raw.getlist("listings")]
     method_id = form.get("method", "")
     method = METHODS.get(method_id)
@@ -207,8 +206,8 @@ def valuation(job_id: str, request: Request, session: SessionDep, viewer: Viewer
 
 
 @router.post("/valuations/{job_id}/cancel")
-async def cancel_valuation(job_id: str, request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
-    await checked_form(request, viewer)
+def cancel_valuation(job_id: str, request: Request, session: SessionDep,
+                     viewer: ViewerDep, _form: PageFormDep) -> Response:
     _own_job(session, viewer, job_id)
     try:
         jobs_service.cancel_job(session, viewer.caller, job_id)

@@ -19,7 +19,7 @@ from app.http.deps import BlobStoreDep, SessionDep
 from app.http.multipart import receive_form
 from app.http.paging import OFFSET_MAX
 from app.portal import charts
-from app.portal.web import PortalNotFound, ViewerDep, checked_form, field_errors, page, redirect
+from app.portal.web import PageFormDep, PortalNotFound, ViewerDep, field_errors, page, redirect
 from app.services import datasets as service
 from app.services import profiles, resumable
 from app.services.errors import Forbidden, Invalid, NotFound, ServiceError
@@ -186,8 +186,8 @@ def dictionary_page(dataset_id: str, request: Request, session: SessionDep, view
 
 
 @router.post("/datasets/{dataset_id}/dictionary", response_class=HTMLResponse)
-async def save_dictionary(dataset_id: str, request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
-    form = await checked_form(request, viewer)
+def save_dictionary(dataset_id: str, request: Request, session: SessionDep,
+                    viewer: ViewerDep, form: PageFormDep) -> Response:
     row = _own(session, viewer, dataset_id)
     names = profiles.dictionary_columns(row)
     entries = [{"name": n, "type": form.get(f"type_{i}") or None, "unit": form.get(f"unit_{i}") or None,
@@ -207,23 +207,27 @@ async def import_dictionary(dataset_id: str, request: Request, session: SessionD
                             store: BlobStoreDep) -> Response:
     form = await receive_form(request, store, max_file_bytes=1024 * 1024, file_fields=("file",),
                               text_fields=("csrf_token",), suffixes=(".csv", ".json"))
+    def save() -> Response:  # in the threadpool: queries never run on the event loop
+        try:
+            if not csrf_ok(viewer.token, form.fields.get("csrf_token")):
+                raise Forbidden("the form's security token is missing or out of date; reload the page and try again")
+            row = _own(session, viewer, dataset_id)
+            received = form.files.get("file")
+            if received is None:
+                raise Invalid("file: choose a CSV or Table Schema (JSON) file", field="file")
+            entries = profiles.parse_dictionary(received.temp.read_bytes(), received.filename)
+            profiles.write_dictionary(session, row, entries)
+            session.commit()
+        except Invalid as exc:
+            row = _own(session, viewer, dataset_id)
+            return page(request, "dictionary.html", viewer, dataset=row, entries=profiles.dictionary(session, row),
+                        types=profiles.DICTIONARY_TYPES, errors={"import": exc.detail}, status_code=422)
+        return redirect(f"/portal/datasets/{dataset_id}/dictionary", saved=1)
+
     try:
-        if not csrf_ok(viewer.token, form.fields.get("csrf_token")):
-            raise Forbidden("the form's security token is missing or out of date; reload the page and try again")
-        row = _own(session, viewer, dataset_id)
-        received = form.files.get("file")
-        if received is None:
-            raise Invalid("file: choose a CSV or Table Schema (JSON) file", field="file")
-        entries = profiles.parse_dictionary(received.temp.read_bytes(), received.filename)
-        profiles.write_dictionary(session, row, entries)
-        session.commit()
-    except Invalid as exc:
-        row = _own(session, viewer, dataset_id)
-        return page(request, "dictionary.html", viewer, dataset=row, entries=profiles.dictionary(session, row),
-                    types=profiles.DICTIONARY_TYPES, errors={"import": exc.detail}, status_code=422)
+        return await run_in_threadpool(save)
     finally:
         await run_in_threadpool(form.discard)
-    return redirect(f"/portal/datasets/{dataset_id}/dictionary", saved=1)
 
 
 @router.get("/datasets/{dataset_id}/dictionary.{fmt}")
@@ -240,9 +244,8 @@ def export_dictionary(dataset_id: str, fmt: str, session: SessionDep, viewer: Vi
 
 
 @router.post("/datasets/{dataset_id}/delete")
-async def delete_dataset(dataset_id: str, request: Request, session: SessionDep, viewer: ViewerDep,
-                         store: BlobStoreDep) -> Response:
-    await checked_form(request, viewer)
+def delete_dataset(dataset_id: str, request: Request, session: SessionDep, viewer: ViewerDep,
+                   store: BlobStoreDep, _form: PageFormDep) -> Response:
     _own(session, viewer, dataset_id)
     begin_write(session)
     try:

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from app.http.deps import SessionDep
 from app.portal import charts
-from app.portal.web import PortalNotFound, ViewerDep, checked_form, field_errors, page, redirect
+from app.portal.web import PageFormDep, PortalNotFound, ViewerDep, field_errors, page, redirect
 from app.services import datasets as datasets_service
 from app.services import listings as service
 from app.services.errors import Forbidden, Invalid, NotFound
@@ -54,8 +54,8 @@ def listing_form(dataset_id: str, request: Request, session: SessionDep, viewer:
 
 
 @router.post("/datasets/{dataset_id}/list", response_class=HTMLResponse)
-async def create_listing(dataset_id: str, request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
-    form = await checked_form(request, viewer)
+def create_listing(dataset_id: str, request: Request, session: SessionDep,
+                   viewer: ViewerDep, form: PageFormDep) -> Response:
     _seller(viewer)
     try:
         dataset = datasets_service.get_dataset(session, viewer.caller, dataset_id)
@@ -100,8 +100,8 @@ def listing_page(listing_id: str, request: Request, session: SessionDep, viewer:
 
 
 @router.post("/listings/{listing_id}", response_class=HTMLResponse)
-async def update_listing(listing_id: str, request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
-    form = await checked_form(request, viewer)
+def update_listing(listing_id: str, request: Request, session: SessionDep,
+                   viewer: ViewerDep, form: PageFormDep) -> Response:
     _own_listing(session, viewer, listing_id)
     try:
         details, buyers = _details(form)
@@ -114,8 +114,8 @@ async def update_listing(listing_id: str, request: Request, session: SessionDep,
 
 
 @router.post("/listings/{listing_id}/withdraw")
-async def withdraw_listing(listing_id: str, request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
-    await checked_form(request, viewer)
+def withdraw_listing(listing_id: str, request: Request, session: SessionDep,
+                     viewer: ViewerDep, _form: PageFormDep) -> Response:
     _own_listing(session, viewer, listing_id)
     service.delete_listing(session, viewer.caller, listing_id)
     session.commit()

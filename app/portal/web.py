@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from app import __version__
 from app.db.session import transaction
@@ -97,6 +98,22 @@ async def checked_form(request: Request, viewer: Viewer) -> dict[str, str]:
     if not csrf_ok(viewer.token, fields.get("csrf_token")):
         raise Forbidden("the form's security token is missing or out of date; reload the page and try again")
     return fields
+
+
+async def page_form(request: Request, viewer: ViewerDep) -> dict[str, str]:
+    """A page form's fields, read and CSRF-checked *before* the page's handler, which can then be a plain ``def``
+    whose queries run in the threadpool (never on the event loop)."""
+    return await checked_form(request, viewer)
+
+
+async def page_form_data(request: Request, viewer: ViewerDep) -> FormData:
+    """The same form with its repeated fields (checkboxes), for a handler that needs ``getlist``."""
+    await checked_form(request, viewer)
+    return await request.form()  # parsed once: Starlette keeps it
+
+
+PageFormDep = Annotated[dict[str, str], Depends(page_form)]
+PageFormDataDep = Annotated[FormData, Depends(page_form_data)]
 
 
 def page(request: Request, template: str, viewer: Viewer | None, status_code: int = 200,

@@ -145,7 +145,14 @@ async def _watch(live: Live, request: bytes, until: float, statuses: list[int], 
         await asyncio.sleep(0.1)
 
 
-def test_64_pollers_get_no_5xx_and_healthz_stays_fast(live, settings, make_org):
+def test_under_load_and_slow_uploads_the_api_stays_responsive(live, settings, make_org):
+    """64 pollers for 10 s: no 5xx, /healthz under a second throughout; then 16 slow uploads (8 multipart, 8
+    resumable PATCHes) for 4 s: another organization's requests are answered in under a second."""
+    _pollers_get_no_5xx_and_healthz_stays_fast(live, settings, make_org)
+    _slow_uploads_do_not_delay_another_organization(live, make_org)
+
+
+def _pollers_get_no_5xx_and_healthz_stays_fast(live, settings, make_org):
     org = make_org("poller", "buyer")
     job_id = _job(settings, org)
     poll = _get(live, f"/api/v1/jobs/{job_id}", {"Authorization": f"Bearer {org.key}"})
@@ -187,7 +194,7 @@ def _slow_patch(live: Live, key: str) -> socket.socket:
     return s
 
 
-def test_slow_uploads_do_not_delay_another_organization(live, make_org):
+def _slow_uploads_do_not_delay_another_organization(live, make_org):
     seller = make_org("slow-seller", "seller")
     other = make_org("other", "buyer")
     slow = [_slow_upload(live, seller.key, 4 * MB) for _ in range(8)] + [_slow_patch(live, seller.key)
@@ -218,14 +225,19 @@ async def _trickle(sockets: list[socket.socket], until: float) -> None:
         await asyncio.sleep(0.2)
 
 
-def _send_big(live: Live, head: str, total: int, *, chunked: bool) -> tuple[bytes, int]:
+_SHARE_PART = (b'--x\r\nContent-Disposition: form-data; name="file"; filename="s.npz"\r\n'
+               b"Content-Type: application/octet-stream\r\n\r\n")
+
+
+def _send_big(live: Live, head: str, total: int, *, chunked: bool, prefix: bytes = b"") -> tuple[bytes, int]:
     """Send a ``total``-byte body after ``head`` (Content-Length or chunked) until the server answers or closes:
     what it answered (b"" if it closed first) and how many body bytes had gone out by then."""
     block = b"x" * (64 * 1024)
     s = socket.create_connection((live.host, live.port))
     s.setblocking(False)
     sent, answer = 0, b""
-    pending = head.encode()
+    pending = head.encode() + ((f"{len(prefix):x}\r\n".encode() + prefix + b"\r\n") if chunked and prefix
+                               else prefix)
     try:
         while True:
             readable, writable, _ = select.select([s], [s] if sent < total or pending else [], [], 10)
@@ -249,17 +261,25 @@ def _send_big(live: Live, head: str, total: int, *, chunked: bool) -> tuple[byte
     return answer, sent
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_a_200_mb_body_is_refused_before_it_is_read(live, make_org, chunked):
+def test_a_200_mb_body_is_refused_before_it_is_read(live, make_org):
+    """Without a key: 401 at once; with a key, over the cap: 413 at once (declared) or after the cap (chunked).
+    A JSON route (cap 1 MiB) and the share upload (cap: the upload cap, 16 MiB here) alike."""
     org = make_org("big", "buyer")
-    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {200 * MB}"
+    key = f"Authorization: Bearer {org.key}\r\n"
     before = _rss_mb(live.proc.pid)
-    for auth, status in (("", b"401"), (f"Authorization: Bearer {org.key}\r\n", b"413")):
-        head = (f"POST /api/v1/jobs HTTP/1.1\r\nHost: {live.host}\r\n{auth}Content-Type: application/json\r\n"
+    cases = [(path, kind, chunked, auth, status)
+             for path, kind in (("/api/v1/jobs", "application/json"), ("/api/v1/shares", "multipart/form-data; "
+                                                                                        "boundary=x"))
+             for chunked in (False, True) for auth, status in (("", b"401"), (key, b"413"))]
+    for path, kind, chunked, auth, status in cases:
+        framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {200 * MB}"
+        head = (f"POST {path} HTTP/1.1\r\nHost: {live.host}\r\n{auth}Content-Type: {kind}\r\n"
                 f"{framing}\r\n\r\n")
-        answer, sent = _send_big(live, head, 200 * MB, chunked=chunked)
-        assert answer == b"" or answer.split(b" ", 2)[1] == status, answer[:200]
-        assert sent < 16 * MB, f"{sent / MB:.0f} MB went out before the server answered {answer[:40]!r}"
+        prefix = _SHARE_PART if path.endswith("shares") else b""
+        answer, sent = _send_big(live, head, 200 * MB, chunked=chunked, prefix=prefix)
+        assert answer == b"" or answer.split(b" ", 2)[1] == status, (path, chunked, answer[:200])
+        limit = 16 * MB if status == b"401" or not chunked or path.endswith("jobs") else 40 * MB
+        assert sent < limit, f"{path}: {sent / MB:.0f} MB went out before the server answered {answer[:40]!r}"
         if answer:
             assert b"application/problem+json" in answer.lower()
     assert _rss_mb(live.proc.pid) - before < 50
@@ -315,6 +335,7 @@ def test_an_exhausted_pool_is_a_quick_503(settings, make_org):
             t = time.perf_counter()
             r = client.get("/api/v1/datasets", headers=org.headers)
             assert time.perf_counter() - t < 2
+            assert client.get("/healthz").status_code == 200  # it never needs the pool
         assert r.status_code == 503 and r.headers["content-type"] == PROBLEM and r.headers["retry-after"]
         assert client.get("/api/v1/datasets", headers=org.headers).status_code == 200  # and back
 
@@ -419,6 +440,8 @@ def test_failed_authentication_is_throttled(settings, make_org):
     elsewhere = TestClient(app, client=("198.51.100.8", 1234))
     assert elsewhere.get("/api/v1/whoami", headers=bad).status_code == 429  # this key prefix waits too
     assert elsewhere.get("/api/v1/whoami", headers=org.headers).status_code == 200  # others are not slowed
+    keyless = TestClient(app, client=("198.51.100.9", 1234))
+    assert [keyless.get("/api/v1/whoami").status_code for _ in range(5)] == [401] * 5  # no key is no guess
 
 
 def test_json_routes_are_capped_before_the_body_is_parsed(client, make_org, settings):
@@ -437,3 +460,17 @@ def test_json_routes_are_capped_before_the_body_is_parsed(client, make_org, sett
     assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
     r = client.post("/api/v1/shares", content=b"x" * 100, headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert r.status_code == 401 and r.headers["content-type"] == PROBLEM
+
+
+def test_a_resumable_chunk_over_its_cap_is_a_413(settings, make_org):
+    org = make_org("chunky", "seller")
+    with TestClient(_app(settings, max_upload_chunk_bytes=MB)) as client:
+        tus = {**org.headers, "Tus-Resumable": "1.0.0"}
+        r = client.post("/api/v1/uploads", headers={**tus, "Upload-Length": str(3 * MB)})
+        assert r.status_code == 201, r.text
+        patch = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        r = client.patch(r.headers["location"], headers=patch, content=b"x" * (MB + 1))
+        assert r.status_code == 413 and "APPRAISE_MAX_UPLOAD_CHUNK_BYTES" in r.json()["detail"]
+        ok = client.post("/api/v1/uploads", headers={**tus, "Upload-Length": str(MB)}).headers["location"]
+        r = client.patch(ok, headers=patch, content=b"x" * MB)  # a chunk at the cap is fine
+        assert r.status_code == 204 and r.headers["upload-offset"] == str(MB)
