@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -42,11 +43,25 @@ def market(server, tmp_path_factory):
         listing = httpx.post(f"{server.url}/api/v1/listings", headers=h, json={"dataset_id": r.json()["id"]})
         assert listing.status_code == 201
         names.append(name)
+        _wait_for_profile(server, h, r.json()["id"])
     buyer = server.user("buyer-co", "buyer", "buyer@buyer.example")
     buyer_key = server.cli("keys", "create", "--org", "buyer-co", "--role", "buyer").strip()
     mine = tmp / "mine.csv"
     mine.write_bytes(_table(rng, 400))
     return {"buyer": buyer, "buyer_key": buyer_key, "mine": mine, "names": names}
+
+
+def _wait_for_profile(server, headers, dataset_id: str, seconds: float = 180.0) -> None:
+    """The worker profiles every upload; the listing pages show its statistics once it has (a loaded machine
+    takes a while)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{server.url}/api/v1/datasets/{dataset_id}/profile", headers=headers).json()
+        if state["status"] in ("succeeded", "failed"):
+            assert state["status"] == "succeeded", state
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the profile of {dataset_id} did not finish in {seconds:.0f} s")
 
 
 def _upload_mine(page, server, market) -> None:

@@ -94,6 +94,12 @@ def parties(make_org):
 # --- the catalogue ---------------------------------------------------------------------------------------------
 
 
+def api_fields(params) -> set[str]:
+    """The params a job may send: every field but the CLI-only ones (``ray_address``)."""
+    return {name for name, info in params.model_fields.items()
+            if not (isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("x-api") is False)}
+
+
 def test_methods_lists_every_method_with_its_params_schema_and_the_servers_caps(client, parties, settings):
     buyer, _ = parties
     r = client.get(f"{API}/methods", headers=buyer.headers)
@@ -105,12 +111,13 @@ def test_methods_lists_every_method_with_its_params_schema_and_the_servers_caps(
         assert (m["dataset_kind"], m["needs_labels"], m["blind"]) == (declared.dataset_kind, declared.needs_labels,
                                                                       declared.blind)
         props = m["params_schema"]["properties"]
-        assert set(props) == set(declared.params.model_fields)
+        assert set(props) == api_fields(declared.params)
         assert all(p.get("description") for p in props.values()), method_id
     shapley = items["data-shapley"]["params_schema"]["properties"]
     assert shapley["max_permutations"]["default"] == 1000
     assert shapley["max_permutations"]["maximum"] == settings.max_permutations
     assert shapley["estimator"]["enum"] == ["tmc", "exact", "banzhaf", "beta"]
+    assert "ray_address" not in shapley and "workers" in shapley  # the service's cluster is the operator's
     assert items["relevance-diversity"]["params_schema"]["properties"]["alpha"]["maximum"] == 1
     assert client.get(f"{API}/methods").status_code == 401
 
@@ -119,7 +126,7 @@ def test_openapi_documents_every_methods_params_and_the_docs_need_no_internet(cl
     spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
     for method in METHODS.values():
-        assert set(schemas[method.params.__name__]["properties"]) == set(method.params.model_fields)
+        assert set(schemas[method.params.__name__]["properties"]) == api_fields(method.params)
     body = spec["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["discriminator"]["propertyName"] == "method"
     assert set(body["discriminator"]["mapping"]) == set(METHODS)
