@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
 #: attempts of a read (or an idempotent write) when the connection fails
+# A 503 (busy database, full pool) is retried this many times after the server's Retry-After (at most
+# MAX_BUSY_WAIT_S each), whatever the method: the server answers 503 only when it changed nothing.
+BUSY_RETRIES = 3
+MAX_BUSY_WAIT_S = 10.0
 READ_ATTEMPTS = 4
 
 
@@ -88,7 +92,10 @@ class AppraiseClient:
         """One request; an error status becomes an :class:`ApiError`, a failed connection a
         :class:`ConnectionFailed` (after retries for reads)."""
         attempts = READ_ATTEMPTS if (retry if retry is not None else method == "GET") else 1
-        for attempt in range(1, attempts + 1):
+        busy_retries = BUSY_RETRIES
+        attempt = 0
+        while attempt < attempts:
+            attempt += 1
             try:
                 response = self._http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -100,6 +107,12 @@ class AppraiseClient:
                 raise ConnectionFailed(f"{self.url} did not answer {method} {path} in time") from None
             except httpx.HTTPError as exc:
                 raise ConnectionFailed(f"{method} {self.url}{API_PREFIX}{path}: {_reason(exc)}") from None
+            if response.status_code == 503 and busy_retries > 0 and "files" not in kwargs:
+                # the server did nothing (its transaction rolled back): a busy database or a full pool
+                busy_retries -= 1
+                attempt -= 1  # a busy answer does not use up the attempts a failed connection gets
+                time.sleep(_retry_after(response))
+                continue
             if response.status_code >= 400:
                 raise problem_of(response, method, path)
             return response
@@ -367,3 +380,10 @@ def _seg(value: str) -> str:
 
 
 __all__ = ["DEFAULT_URL", "AppraiseClient", "ApiError", "parse_sse", "problem_of"]
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("retry-after", "1")), 0.1), MAX_BUSY_WAIT_S)
+    except ValueError:
+        return 1.0

@@ -35,7 +35,9 @@ def _service_session() -> Iterator:
     engine = make_engine(get_settings().database_url)
     try:
         check_current(engine)
-        with transaction(session_factory(engine)) as session:
+        # the write lock first (SQLite): a read then a write fails at once when a running server's worker
+        # committed in between; BEGIN IMMEDIATE waits its busy time-out instead
+        with transaction(session_factory(engine), immediate=True) as session:
             yield session
     except (SchemaNotCurrent, ServiceError) as exc:
         raise UsageProblem(str(exc)) from exc

@@ -4,26 +4,19 @@ driven by Playwright through Debian's Chromium (headless). In CI (``CI=true``) t
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.live import free_port, serving
 
 CHROMIUM = "/usr/bin/chromium"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -45,28 +38,14 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("portal")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "APPRAISE_DATABASE_URL": f"sqlite:///{tmp}/appraise.db",
            "APPRAISE_STORAGE_DIR": str(tmp / "storage"), "APPRAISE_POLL_SECONDS": "0.1",
            "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], env=env, check=True, capture_output=True,
                    cwd=ROOT)
-    log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env, cwd=tmp,
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with serving(env, tmp, tmp / "server.log", port) as (url, _):
         yield Server(url, env, tmp)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import os
 import select
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from app.db.models import Dataset, Job
 from app.db.session import make_engine, session_factory, transaction
+from tests.live import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "application/problem+json"
@@ -30,12 +30,6 @@ MB = 1024**2
 
 
 # --- a live server ------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -59,29 +53,13 @@ def live_env() -> dict[str, str]:
 @pytest.fixture
 def live(db_url, tmp_path, live_env):
     """``appraise serve`` on a free loopback port (no embedded worker)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "APPRAISE_DATABASE_URL": db_url, "APPRAISE_STORAGE_DIR": str(tmp_path / "storage"),
            "APPRAISE_WORKER_MODE": "external", "APPRAISE_WEBHOOK_DISPATCHER": "false",
            "APPRAISE_MAX_UPLOAD_BYTES": str(16 * MB), "APPRAISE_AUTH_FAILURE_BURST": "100000",
            "PYTHONPATH": str(ROOT), **live_env}
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env, cwd=tmp_path,
-                            stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError((tmp_path / "serve.log").read_text()[-2000:])
+    with serving(env, tmp_path, tmp_path / "serve.log", port) as (url, proc):
         yield Live(url, proc)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
 
 
 def _job(settings, org) -> str:
@@ -311,7 +289,7 @@ def _app(settings, **changes):
 
 
 def test_a_database_outage_is_a_503_with_retry_after(settings, tmp_path):
-    closed = _free_port()  # nothing listens there
+    closed = free_port()  # nothing listens there
     for url in (f"postgresql+psycopg://postgres@127.0.0.1:{closed}/appraise",):
         from app.api.main import create_app
 

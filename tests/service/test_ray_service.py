@@ -36,7 +36,11 @@ def test_a_data_shapley_job_runs_over_the_ray_cluster_with_the_cli_values(settin
     buyer, seller = make_org("acme", "buyer"), make_org("shop", "seller")
     params = {"seed": 3, "estimator": "tmc", "max_permutations": 48, "batch_size": 8}
 
-    app = create_app(settings.model_copy(update={"worker_mode": "embedded", "ray_address": ray_address}))
+    # Ray started in this process set RAY_AUTH_MODE=token in its environment; job processes must carry it, as a
+    # real worker's would from its own environment. A fork server an earlier test started has the old environment,
+    # so these job processes are spawned afresh.
+    app = create_app(settings.model_copy(update={"worker_mode": "embedded", "ray_address": ray_address,
+                                                 "worker_start_method": "spawn"}))
     with TestClient(app) as client:
         table_id = _upload(client, seller, seller_csv, "table")
         r = client.post("/api/v1/listings", headers=seller.headers, json={"dataset_id": table_id, "buyers": ["acme"]})

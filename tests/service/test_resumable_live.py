@@ -15,36 +15,20 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.live import free_port, serving
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def live(db_url, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "APPRAISE_DATABASE_URL": db_url, "APPRAISE_STORAGE_DIR": str(tmp_path / "storage"),
            "APPRAISE_WORKER_MODE": "external", "PYTHONPATH": str(ROOT)}
     key = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--org", "acme", "--role", "seller"],
                          env=env, check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with serving(env, tmp_path, port=port) as (url, _):
         yield url, key, tmp_path
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def _cut_patch(url: str, key: str, upload_path: str, data: bytes, send: int) -> None:
