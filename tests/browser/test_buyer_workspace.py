@@ -69,7 +69,10 @@ def _upload_mine(page, server, market) -> None:
     page.get_by_label("Name", exact=True).fill("my validation set")
     page.get_by_label("File", exact=True).set_input_files(str(market["mine"]))
     page.get_by_role("button", name="Upload", exact=True).click()
-    page.wait_for_url(re.compile(r".*/portal/datasets/[0-9a-f]{32}\?uploaded=1"), timeout=120_000)
+    try:
+        page.wait_for_url(re.compile(r".*/portal/datasets/[0-9a-f]{32}\?uploaded=1"), timeout=120_000)
+    except Exception as exc:  # say what the page showed (an error next to a field, a stopped upload)
+        raise AssertionError(f"the upload did not finish: {page.locator('main').inner_text()[:2000]}") from exc
 
 
 def _wait_done(page) -> None:

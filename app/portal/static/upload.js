@@ -93,6 +93,21 @@
     busy(false); box.hidden = true; setError("file", "Upload cancelled.");
   });
 
+  // Make the dataset from the finished upload(s); a 503 (the database was busy: nothing was made) is tried again
+  // after the server's Retry-After, a few times.
+  function finish(body, retries) {
+    return fetch("/portal/datasets/finish", {
+      method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRF-Token": window.APPRAISE_CSRF()},
+      body: body
+    }).then(function (r) {
+      if (r.status !== 503 || retries <= 0) { return r; }
+      var wait = Math.min(10, Math.max(0.2, parseFloat(r.headers.get("Retry-After")) || 1));
+      return new Promise(function (resolve) { setTimeout(resolve, wait * 1000); })
+        .then(function () { return finish(body, retries - 1); });
+    });
+  }
+
   form.addEventListener("submit", function (ev) {
     ev.preventDefault();
     clearErrors();
@@ -105,12 +120,8 @@
     busy(true); progress(0, total);
     send(file, "file", 0, total).then(function (fileId) {
       return (edges ? send(edges, "edges", file.size, total) : Promise.resolve(null)).then(function (edgesId) {
-        return fetch("/portal/datasets/finish", {
-          method: "POST", credentials: "same-origin",
-          headers: {"Content-Type": "application/json", "X-CSRF-Token": window.APPRAISE_CSRF()},
-          body: JSON.stringify({upload_id: fileId, edges_upload_id: edgesId, name: name, kind: kind(),
-                                label_column: document.getElementById("label_column").value.trim()})
-        });
+        return finish(JSON.stringify({upload_id: fileId, edges_upload_id: edgesId, name: name, kind: kind(),
+                                      label_column: document.getElementById("label_column").value.trim()}), 3);
       });
     }).then(function (r) {
       return r.json().then(function (body) { return {ok: r.ok, body: body}; });
