@@ -23,14 +23,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(env: dict[str, str], cwd: Path, log_path: Path | None = None,
-            port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start the server, wait until ``/readyz`` answers (an AssertionError with the log's tail if it never does),
-    yield (its URL, the process), and stop it."""
+def serving(env: dict[str, str], cwd: Path, log_path: Path | None = None, port: int | None = None,
+            appraise: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start the server (``appraise``: the command, default this interpreter's ``-m app.cli``), wait until
+    ``/readyz`` answers (an AssertionError with the log's tail if it never does), yield (its URL, the process), and
+    stop it."""
     port = port or free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env, cwd=cwd,
-                            stdout=log, stderr=subprocess.STDOUT)
+    command = appraise or [sys.executable, "-m", "app.cli"]
+    proc = subprocess.Popen([*command, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=log,
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):

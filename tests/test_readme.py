@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.live import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 APPRAISE = str(Path(sys.executable).with_name("appraise"))
@@ -25,34 +24,17 @@ def walkthrough() -> str:
     return block.split("```bash\n", 1)[1].rsplit("```", 1)[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_readme_walkthrough_runs_as_written(tmp_path):
     if not (ROOT / ".venv" / "bin" / "appraise").exists():
         pytest.skip("the walkthrough calls .venv/bin/appraise (make setup makes it)")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "APPRAISE_DATABASE_URL": f"sqlite:///{tmp_path}/appraise.db",
            "APPRAISE_STORAGE_DIR": str(tmp_path / "storage"), "APPRAISE_URL": f"http://127.0.0.1:{port}"}
     subprocess.run([APPRAISE, "db", "upgrade"], env=env, check=True, capture_output=True)
-    server = subprocess.Popen([APPRAISE, "serve", "--port", str(port)], env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with serving(env, tmp_path, port=port, appraise=[str(APPRAISE)]):
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", walkthrough()], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=600)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert '"method":"relevance-diversity"' in out.replace(" ", "") and '"relevance"' in out
