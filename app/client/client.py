@@ -45,11 +45,11 @@ if TYPE_CHECKING:
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
 #: attempts of a read (or an idempotent write) when the connection fails
+READ_ATTEMPTS = 4
 # A 503 (busy database, full pool) is retried this many times after the server's Retry-After (at most
 # MAX_BUSY_WAIT_S each), whatever the method: the server answers 503 only when it changed nothing.
 BUSY_RETRIES = 3
 MAX_BUSY_WAIT_S = 10.0
-READ_ATTEMPTS = 4
 
 
 class AppraiseClient:

@@ -146,7 +146,6 @@ def serve(
                 **server_limits(settings))
 
 
-
 def _safe(url: str) -> str:
     from sqlalchemy.engine import make_url
 

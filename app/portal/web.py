@@ -106,13 +106,15 @@ async def page_form(request: Request, viewer: ViewerDep) -> dict[str, str]:
     return await checked_form(request, viewer)
 
 
-async def page_form_data(request: Request, viewer: ViewerDep) -> FormData:
-    """The same form with its repeated fields (checkboxes), for a handler that needs ``getlist``."""
-    await checked_form(request, viewer)
+PageFormDep = Annotated[dict[str, str], Depends(page_form)]
+
+
+async def page_form_data(request: Request, _checked: PageFormDep) -> FormData:
+    """The same form with its repeated fields (checkboxes), for a handler that needs ``getlist``; checked once
+    (FastAPI runs :func:`page_form` once per request however many parameters ask for it)."""
     return await request.form()  # parsed once: Starlette keeps it
 
 
-PageFormDep = Annotated[dict[str, str], Depends(page_form)]
 PageFormDataDep = Annotated[FormData, Depends(page_form_data)]
 
 
