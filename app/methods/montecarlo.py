@@ -44,12 +44,21 @@ def stopping(p: ModelParams, ctx: RunContext, estimator: str, n_players: int,
     return rule | StopRequested(ctx.stop_requested)
 
 
-def job_executor(p: ExecutorParams, ctx: RunContext) -> Executor:
+def even_batch_size(max_permutations: int, batch_size: int) -> int:
+    """Permutations per batch: about ``batch_size``, evened out so that the permutation budget is a whole number
+    of batches (200 permutations in batches of 64 run as 4 × 50, not 4 × 64 = 256), so a run does not overshoot
+    its budget by most of a batch, and its batches spread evenly over workers."""
+    batches = max(1, math.ceil(max_permutations / max(1, batch_size)))
+    return math.ceil(max_permutations / batches)
+
+
+def job_executor(p: ExecutorParams, ctx: RunContext, max_batches: int | None = None) -> Executor:
     """Where the job's batches run: the service's Ray cluster when ``APPRAISE_RAY_ADDRESS`` is set (every Monte
-    Carlo job is sharded over it), else what the params ask for (``executor``, ``workers``, ``ray_address``)."""
+    Carlo job is sharded over it), else what the params ask for (``executor``, ``workers``, ``ray_address``).
+    ``max_batches``: the most batches the run can have (local workers beyond it would idle)."""
     if ctx.ray_address:
         return make_executor("ray", p.workers, ctx.ray_address)
-    return make_executor(p.executor, p.workers, p.ray_address)
+    return make_executor(p.executor, p.workers, p.ray_address, max_batches=max_batches)
 
 
 def mc_progress(ctx: RunContext, stage: str):

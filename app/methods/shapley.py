@@ -9,6 +9,7 @@ a collection, one row of pooled WWL features each.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -164,7 +165,7 @@ def removal_curve(utility, values: torch.Tensor) -> dict[str, Any]:
 
 
 def run_data_shapley(inputs: Inputs, p: DataShapleyParams, ctx: RunContext) -> dict[str, Any]:
-    from app.methods.montecarlo import job_executor, mc_progress, stopping
+    from app.methods.montecarlo import even_batch_size, job_executor, mc_progress, stopping
     from app.valuation.shapley.estimators import banzhaf_msr, beta_shapley, exact_shapley, tmc_shapley
 
     config, utility, parts = model_utility(inputs, p, ctx)
@@ -173,13 +174,15 @@ def run_data_shapley(inputs: Inputs, p: DataShapleyParams, ctx: RunContext) -> d
     if p.estimator == "exact":
         result = exact_shapley(utility, progress=progress)
     else:
-        executor = job_executor(p, ctx)
+        batch = even_batch_size(p.max_permutations, p.batch_size)
+        batches = None if p.estimator == "banzhaf" else math.ceil(p.max_permutations / batch)
+        executor = job_executor(p, ctx, max_batches=batches)
         mc = dict(seed=p.seed, stop=stopping(p, ctx, p.estimator, utility.n_players, p.stderr_target),
                   progress=progress, checkpoint=ctx.checkpoint, resume_from=ctx.resume, executor=executor)
         if p.estimator == "tmc":
-            result = tmc_shapley(utility, truncation=p.truncation or None, batch_size=p.batch_size, **mc)
+            result = tmc_shapley(utility, truncation=p.truncation or None, batch_size=batch, **mc)
         elif p.estimator == "beta":
-            result = beta_shapley(utility, p.beta_alpha, p.beta_beta, batch_size=p.batch_size, **mc)
+            result = beta_shapley(utility, p.beta_alpha, p.beta_beta, batch_size=batch, **mc)
         else:
             result = banzhaf_msr(utility, batch_size=max(p.batch_size, 64), **mc)
     stderrs = None if p.estimator == "exact" else result.standard_errors
@@ -221,16 +224,17 @@ def run_knn_shapley(inputs: Inputs, p: KnnShapleyParams, ctx: RunContext) -> dic
 def run_seller_shapley(inputs: Inputs, p: SellerShapleyParams, ctx: RunContext) -> dict[str, Any]:
     import numpy as np
 
-    from app.methods.montecarlo import job_executor, mc_progress, stopping
+    from app.methods.montecarlo import even_batch_size, job_executor, mc_progress, stopping
     from app.valuation.shapley.estimators import EXACT_MAX_SELLERS, SellerUtility, seller_shapley
 
     config, points, parts = model_utility(inputs, p, ctx)
     groups = np.repeat(np.arange(len(parts)), [len(q.y) for q in parts])
     utility = SellerUtility(points, groups, n_sellers=len(parts))
     mc = len(parts) > EXACT_MAX_SELLERS
-    executor = job_executor(p, ctx) if mc else None
+    batch = even_batch_size(p.max_permutations, p.batch_size)
+    executor = job_executor(p, ctx, max_batches=math.ceil(p.max_permutations / batch)) if mc else None
     result = seller_shapley(utility, seed=p.seed, stop=stopping(p, ctx, "seller", len(parts), None),
-                            batch_size=p.batch_size,
+                            batch_size=batch,
                             progress=mc_progress(ctx, f"seller Shapley over {len(parts)} sellers"),
                             checkpoint=ctx.checkpoint if mc else None, resume_from=ctx.resume if mc else None,
                             executor=executor)

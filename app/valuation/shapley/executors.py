@@ -11,10 +11,11 @@ While it waits for the next batch, an executor asks ``interrupted()`` (the stopp
 result, e.g. a cancel or a time budget); when it says stop, the outstanding batches are cancelled: local worker
 processes are terminated, Ray tasks are cancelled with ``ray.cancel(force=True)``.
 
-- :class:`LocalExecutor` — a :class:`concurrent.futures.ProcessPoolExecutor` of ``workers`` processes, each
-  pinned to one torch thread, the batch task (utility included) shipped once per process. A daemonic process
-  (a service worker's job process) may not start processes: there the run falls back to this process and says
-  so in :attr:`LocalExecutor.note`; the service spreads one job over a Ray cluster instead.
+- :class:`LocalExecutor` — a :class:`concurrent.futures.ProcessPoolExecutor` of ``workers`` processes (default
+  one per core, and no more than the run has batches), each pinned to one torch thread, the batch task (utility
+  included) shipped once per process. A daemonic process (a service worker's job process) may not start
+  processes: there the run stays in this process (saying so in :attr:`LocalExecutor.note` when workers were
+  asked for); the service spreads one job over a Ray cluster instead.
 - :class:`RayExecutor` — Ray tasks (``num_cpus=1``, retried up to ``max_retries`` times when a Ray worker dies)
   on the cluster at ``address``, or on a local one started for the run (``num_cpus=workers``) and shut down after
   it. Ray is imported only here, and only when this executor runs (the extra ``appraise[ray]``).
@@ -98,19 +99,34 @@ def _start_method(task: BatchFn) -> str:
     return "spawn"
 
 
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class LocalExecutor(Executor):
+    """``workers`` processes (default: one per available core, but no more than ``max_batches``, the most batches
+    the run can have: a run of one batch stays in this process)."""
+
     name = "local"
 
-    def __init__(self, workers: int | None = None) -> None:
-        self.workers = max(1, int(workers or os.cpu_count() or 1))
+    def __init__(self, workers: int | None = None, max_batches: int | None = None) -> None:
+        self.requested = None if workers is None else max(1, int(workers))
+        chosen = self.requested or available_cores()
+        if max_batches is not None:
+            chosen = min(chosen, max(1, int(max_batches)))
+        self.workers = chosen
 
     def imap(self, task: BatchFn, indices: Iterator[int], interrupted: Callable[[], bool] = _never) -> Iterator[Any]:
+        if self.workers > 1 and multiprocessing.current_process().daemon:
+            if self.requested:  # asked for explicitly: say why it was not done (the default just adapts)
+                self.note = (f"ran in this process: a daemonic process (a service job) cannot start {self.workers} "
+                             "local workers; use the ray executor (APPRAISE_RAY_ADDRESS) to spread one job")
+            self.workers = 1
         if self.workers == 1:
-            yield from InProcess().imap(task, indices, interrupted)
-            return
-        if multiprocessing.current_process().daemon:
-            self.note = (f"ran in this process: a daemonic process (a service job) cannot start {self.workers} "
-                         "local workers; use the ray executor (APPRAISE_RAY_ADDRESS) to spread one job")
             yield from InProcess().imap(task, indices, interrupted)
             return
         ctx = multiprocessing.get_context(_start_method(task))
@@ -251,12 +267,14 @@ def cancel_ray(ray, refs: list) -> None:
             ray.get(ref, timeout=30)
 
 
-def make_executor(executor: str = "local", workers: int | None = None, ray_address: str | None = None) -> Executor:
-    """The executor a run asked for: ``local`` (``workers`` processes; 1 = this process) or ``ray``."""
+def make_executor(executor: str = "local", workers: int | None = None, ray_address: str | None = None,
+                  max_batches: int | None = None) -> Executor:
+    """The executor a run asked for: ``local`` (``workers`` processes, default one per core and at most
+    ``max_batches``; 1 = this process) or ``ray``."""
     if executor == "local":
         if ray_address:
             raise ValuationError("ray_address is for executor 'ray'; with 'local' leave it out")
-        return LocalExecutor(workers or 1)
+        return LocalExecutor(workers, max_batches)
     if executor == "ray":
         return RayExecutor(workers, ray_address)
     raise ValuationError(f"unknown executor {executor!r} (one of {', '.join(EXECUTORS)})")
