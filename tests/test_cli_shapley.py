@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.cli import EXIT_USER_ERROR
+from app.valuation.shapley.executors import available_cores
 from app.valuation.shapley.knn import knn_shapley
 from tests.test_cli import run
 
@@ -219,10 +220,13 @@ def test_data_shapley_on_two_local_workers_gives_the_same_values(files, capsys):
     valid, s1, s2, _ = files
     argv = ["value", "data-shapley", "--buyer", str(valid), "--seller", str(s1), "--seller", str(s2),
             "--max-permutations", "24", "--batch-size", "4", "--seed", "2", "--json"]
-    one = json.loads(run(argv, capsys)[1])
+    one = json.loads(run([*argv, "--workers", "1"], capsys)[1])
     two = json.loads(run([*argv, "--workers", "2"], capsys)[1])
+    default = json.loads(run(argv, capsys)[1])
     assert one["executor"] == {"executor": "local", "workers": 1}
     assert two["executor"] == {"executor": "local", "workers": 2}
+    assert default["executor"] == {"executor": "local", "workers": min(available_cores(), 6)}  # 6 batches of 4
+    assert [s["values"] for s in default["sellers"]] == [s["values"] for s in one["sellers"]]
     assert [s["values"] for s in two["sellers"]] == [s["values"] for s in one["sellers"]]
     assert two["stop_reason"] == one["stop_reason"] and two["permutations"] == one["permutations"] == 24
 

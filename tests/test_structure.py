@@ -9,6 +9,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,3 +112,22 @@ def test_the_command_line_starts_without_the_valuation_library(argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
                          env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"}).stdout
     assert "LOADED []" in out, out[-500:]
+
+
+def test_a_valuation_run_on_csv_files_does_not_import_pandas(tmp_path):
+    """pyarrow's ``to_numpy`` imports pandas on its first call (0.3 s of a run's start); the readers do without."""
+    rng = np.random.default_rng(0)
+    for name, n in (("buyer.csv", 40), ("seller.csv", 30)):
+        x = rng.normal(size=(n, 3))
+        rows = [",".join(["a", "b", "c", "label"])] + [",".join(f"{v:.6f}" for v in r) + f",{i % 2}"
+                                                        for i, r in enumerate(x)]
+        (tmp_path / name).write_text("\n".join(rows) + "\n")
+    argv = ["value", "data-shapley", "--buyer", str(tmp_path / "buyer.csv"), "--seller", str(tmp_path / "seller.csv"),
+            "--max-permutations", "4", "--workers", "1", "--no-progress", "--json"]
+    code = ("import sys\n"
+            "from app.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('PANDAS', 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"}).stdout
+    assert '"method": "data-shapley"' in out and "PANDAS False" in out, out[-500:]

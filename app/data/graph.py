@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from app.data.arrow_numpy import float64_values, int64_values, string_values
 from app.data.csv_reader import iter_csv, read_header
 from app.data.errors import (
     ArrayMissing,
@@ -487,7 +488,7 @@ def _read_nodes(path: Path, limits: ReadLimits) -> tuple[pa.Array, np.ndarray | 
             label_parts.append(_as_string(b.column(pos[NODE_LABEL_COLUMN])))
         xb = np.empty((b.num_rows, len(features)), dtype=np.float64)
         for j, name in enumerate(features):
-            xb[:, j] = b.column(pos[name]).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            xb[:, j] = float64_values(b.column(pos[name]))
         _check_finite_rows(path, xb, block.start_row, features, ids_block)
         x_parts.append(xb)
     ids = pa.concat_arrays(id_parts) if id_parts else pa.array([], pa.string())
@@ -530,7 +531,7 @@ def _check_unique(path: Path, ids: pa.Array) -> None:
 
 
 def _csv_labels(path: Path, labels: pa.Array, ids: pa.Array) -> np.ndarray:
-    text = labels.to_numpy(zero_copy_only=False).astype(str)
+    text = string_values(labels)
     try:
         values = text.astype(np.float64)
     except ValueError:
@@ -573,7 +574,7 @@ def _read_edges(path: Path, node_ids: pa.Array, nodes_path: Path,
         for name in EDGE_COLUMNS:
             ends[name].append(_as_string(b.column(pos[name])))
         if weighted:
-            w = b.column(pos[EDGE_WEIGHT_COLUMN]).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            w = float64_values(b.column(pos[EDGE_WEIGHT_COLUMN]))
             start = block.start_row
             _check_weights(path, w, lambda r, s=start: f"row {s + r + 1}, column {EDGE_WEIGHT_COLUMN!r}")
             weights.append(w)
@@ -589,7 +590,7 @@ def _read_edges(path: Path, node_ids: pa.Array, nodes_path: Path,
                 f"node id {column[r].as_py()!r} is not in {nodes_path}",
                 location=f"row {r + 1}, column {name!r}",
             )
-        rows.append(index.to_numpy(zero_copy_only=False).astype(np.int64))
+        rows.append(int64_values(index))
     edge_index = np.stack(rows)
     edge_weight = None
     if weighted:

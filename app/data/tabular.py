@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from app.data.arrow_numpy import float64_values, string_values
 from app.data.csv_reader import RecordBlock, iter_csv, read_header
 from app.data.errors import (
     ArrayMissing,
@@ -187,10 +188,7 @@ class TableSource:
         # hand out its transpose, a Fortran-ordered (rows, d) view; numpy and torch take either layout.
         xt = np.empty((len(self.columns), b.num_rows), dtype=np.float64)
         for j, name in enumerate(self.columns):
-            col = b.column(name)
-            if not pa.types.is_float64(col.type):
-                col = col.cast(pa.float64())
-            xt[j] = col.to_numpy(zero_copy_only=False)
+            xt[j] = float64_values(b.column(name))
         x = xt.T
         y = _labels(b.column(self.label_column), parse_labels) if self.label_column else None
         return TableChunk(x, y, block.start_row, block.progress)
@@ -258,9 +256,9 @@ def _labels(column: pa.Array, parse: bool = True) -> np.ndarray:
     if pa.types.is_dictionary(column.type):
         column = column.cast(pa.string())
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        values = column.to_numpy(zero_copy_only=False).astype(str)
+        values = string_values(column)
         return _numbers_if_all_parse(values) if parse else values
-    return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return float64_values(column)
 
 
 def _numbers_if_all_parse(labels: np.ndarray) -> np.ndarray:

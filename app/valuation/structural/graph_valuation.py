@@ -85,7 +85,7 @@ from app.valuation.structural.matching import (
     Method,
 )
 from app.valuation.structural.message_passing import DEFAULT_ROUNDS, embed
-from app.valuation.structural.profile import PROFILE_ROUNDS, TRIANGLE_SCALE, ProfileSpec, profile
+from app.valuation.structural.profile import PROFILE_ROUNDS, SQUARE_SCALE, TRIANGLE_SCALE, ProfileSpec, profile
 from app.valuation.structural.proxy import (
     DEFAULT_SIGNAL_DIM,
     Generator,
@@ -136,6 +136,7 @@ class GraphOptions:
     # profile embedding (parties)
     profile_rounds: int = PROFILE_ROUNDS
     triangle_scale: float = TRIANGLE_SCALE
+    square_scale: float = SQUARE_SCALE
     codebook: int | None = CODEBOOK  # a party with more rows sends this many k-means centroids (and its ε)
     # interval on S (broker): bootstrap replicates (0: none) and confidence
     replicates: int = REPLICATES
@@ -177,7 +178,7 @@ class GraphOptions:
             raise ValuationError("the codebook needs at least 2 rows")
         if self.replicates < 0 or not 0.5 < self.confidence < 1:
             raise ValuationError("replicates must be >= 0 and the confidence between 0.5 and 1")
-        ProfileSpec(self.profile_rounds, self.triangle_scale)  # checks them
+        ProfileSpec(self.profile_rounds, self.triangle_scale, self.square_scale)  # checks them
         if self.feature_view not in FEATURE_VIEWS:
             raise ValuationError(f"unknown feature view {self.feature_view!r}; use raw, propagated or none")
         if self.subsample is not None and self.subsample < 2:
@@ -276,7 +277,7 @@ def graph_request(
         spec=spec, matcher=options.matcher, rounds=options.rounds, faq_max_nodes=options.faq_max_nodes,
         faq_restarts=options.faq_restarts, signature_base=options.signature_base, subsample=options.subsample,
         feature_view=options.feature_view, seed=options.seed, embedding=options.embedding,
-        profile=ProfileSpec(options.profile_rounds, options.triangle_scale).as_dict(),
+        profile=ProfileSpec(options.profile_rounds, options.triangle_scale, options.square_scale).as_dict(),
         codebook=options.codebook if options.embedding == "profile" else None,
     )
     return _with_id(req)
