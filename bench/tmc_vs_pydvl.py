@@ -279,7 +279,8 @@ def user_main(a: argparse.Namespace) -> None:
           f"(data seed {a.data_seed}), {a.flip:.0%} of the seller's labels flipped, features standardised; L2 "
           f"logistic C={a.C}, accuracy; rtol={a.rtol}; Appraise batch min({batch}, P), "
           f"missing_classes={a.missing_classes}; "
-          f"permutation seeds {a.seeds[0]} and {a.seeds[1]}; times = mean over the two seeds; ratio = pyDVL time "
+          f"one core each (pyDVL n_jobs=1, one BLAS thread; Appraise threads=1, workers=1 but in the default-workers "
+          f"row); permutation seeds {a.seeds[0]} and {a.seeds[1]}; times = mean over the two seeds; ratio = pyDVL time "
           "÷ Appraise time (in-process vs pyDVL in-process, process vs pyDVL process)\n")
     print("| n | val | run | permutations asked → done | time s | ms / permutation | pyDVL ÷ Appraise: time "
           "| pyDVL ÷ Appraise: per permutation | AUC flipped (seed 0, seed 1) | Spearman between seeds |")
