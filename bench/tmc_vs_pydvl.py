@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -136,36 +137,44 @@ def peer_env() -> dict[str, str]:
     return env
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_pydvl(xt, yt, xv, yv, perms: int, rtol: float, seed: int, n_jobs: int, c: float,
               info: dict | None = None) -> tuple[np.ndarray, float]:
-    """pyDVL's values and its in-process time; ``info`` gets the subprocess's wall time (``process_s``) and the
-    update counts (``done``: the most, ``done_min``: the fewest)."""
+    """pyDVL's values and its in-process time; ``info`` gets the fit's CPU time (``cpu_s``), the subprocess's wall
+    and CPU time (``process_s``, ``process_cpu_s``) and the update counts (``done``: the most, ``done_min``: the
+    fewest)."""
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(src, x_train=xt, y_train=yt, x_val=xv, y_val=yv, permutations=perms, rtol=rtol, seed=seed,
                  n_jobs=n_jobs, C=c)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), children_cpu()
         subprocess.run([str(peer_python()), "-W", "ignore", str(PEER), src, dst], check=True,
                        stderr=subprocess.DEVNULL, env=peer_env())
-        process_s = time.perf_counter() - t0
+        process_s, process_cpu_s = time.perf_counter() - t0, children_cpu() - c0
         z = np.load(dst)
         counts = z["counts"]
         if counts.min() != perms or counts.max() != perms:
             print(f"  note: pyDVL update counts {counts.min()}..{counts.max()} (asked {perms})", file=sys.stderr)
         if info is not None:
-            info.update(process_s=process_s, done=int(counts.max()), done_min=int(counts.min()))
+            info.update(process_s=process_s, process_cpu_s=process_cpu_s, done=int(counts.max()),
+                        done_min=int(counts.min()), cpu_s=float(z["cpu_s"]) if "cpu_s" in z else float("nan"))
         return z["values"].astype(np.float64), float(z["wall_s"])
 
 
 def appraise_tmc(u: ModelUtility, perms: int, truncation: float | None, patience: int, seed: int, batch: int,
                  info: dict | None = None):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     r = tmc_shapley(u, seed=seed, stop=MaxPermutations(perms), truncation=truncation, patience=patience,
                     batch_size=min(batch, perms))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if info is not None:
         info.update(evaluations=r.utility_evaluations, not_converged=r.not_converged, truncated=r.truncated,
-                    done=int(r.permutations_done))
+                    done=int(r.permutations_done), cpu_s=cpu)
     return r.values.double().cpu().numpy(), wall, int(r.counts.max())
 
 
@@ -180,7 +189,8 @@ def write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 def appraise_process(buyer: Path, seller: Path, perms: int, seed: int, rtol: float, batch: int,
                      missing_classes: str, workers: int | None) -> tuple[np.ndarray, float, dict]:
     """``appraise value data-shapley`` as a whole process (this interpreter, ``-m app.cli``, this checkout's code
-    first on PYTHONPATH): its values, its wall time and what its JSON says about the run."""
+    first on PYTHONPATH): its values, its wall time and what its JSON says about the run (and ``cpu_s``: the CPU
+    time of the process and its workers)."""
     cmd = [sys.executable, "-m", "app.cli", "value", "data-shapley", "--buyer", str(buyer), "--seller", str(seller),
            "--max-permutations", str(perms), "--seed", str(seed), "--truncation", str(rtol),
            "--batch-size", str(batch), "--missing-classes", missing_classes, "--relative-change", "1e-9",
@@ -189,14 +199,14 @@ def appraise_process(buyer: Path, seller: Path, perms: int, seed: int, rtol: flo
         cmd[-2:-2] = ["--workers", str(workers)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, children_cpu() - c0
     if out.returncode != 0:
         raise SystemExit(f"appraise failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-3000:]}")
     res = json.loads(out.stdout)
     ex = res.get("executor") or {}
-    info = dict(done=int(res["permutations"]), stop_reason=res.get("stop_reason"),
+    info = dict(done=int(res["permutations"]), cpu_s=cpu, stop_reason=res.get("stop_reason"),
                 patience=(res.get("params") or {}).get("patience"), workers=ex.get("workers"),
                 executor=ex.get("executor") or ex.get("kind"), not_converged=res.get("not_converged"))
     return np.asarray(res["values"], dtype=np.float64), wall, info
@@ -258,8 +268,9 @@ def user_main(a: argparse.Namespace) -> None:
                     runs[key].append(dict(values=v, s=wall, **info))
                 info = {}
                 v, wall = run_pydvl(xt, yt, xv, yv, p, a.rtol, seed, 1, a.C, info)
-                runs["p_in"].append(dict(values=v, s=wall, done=info["done"]))
-                runs["p_proc"].append(dict(values=v, s=info["process_s"], done=info["done"]))
+                runs["p_in"].append(dict(values=v, s=wall, cpu_s=info["cpu_s"], done=info["done"]))
+                runs["p_proc"].append(dict(values=v, s=info["process_s"], cpu_s=info["process_cpu_s"],
+                                           done=info["done"]))
                 print(f"  n={n} seed={seed}: " + ", ".join(f"{k} {r[-1]['s']:.2f}s/{r[-1]['done']}p"
                                                           for k, r in runs.items()), file=sys.stderr, flush=True)
         row: dict = dict(n=n, n_val=len(yv), flipped=int(flipped.sum()), perms=p, runs={})
@@ -268,7 +279,8 @@ def user_main(a: argparse.Namespace) -> None:
             s = float(np.mean([r["s"] for r in rs]))
             ms = float(np.mean([1000 * r["s"] / r["done"] for r in rs]))
             row["runs"][key] = dict(
-                s=s, s_each=[r["s"] for r in rs], done=[r["done"] for r in rs], ms_per_perm=ms,
+                s=s, s_each=[r["s"] for r in rs], cpu_s=float(np.mean([r["cpu_s"] for r in rs])),
+                done=[r["done"] for r in rs], ms_per_perm=ms,
                 auc=[auc_flipped(r["values"], flipped) for r in rs], spearman=rho(rs[0]["values"], rs[1]["values"]),
                 **{k: rs[0][k] for k in ("workers", "patience", "stop_reason", "evaluations") if k in rs[0]})
         rows.append(row)
@@ -282,9 +294,10 @@ def user_main(a: argparse.Namespace) -> None:
           f"one core each (pyDVL n_jobs=1, one BLAS thread; Appraise threads=1, workers=1 but in the default-workers "
           f"row); permutation seeds {a.seeds[0]} and {a.seeds[1]}; times = mean over the two seeds; ratio = pyDVL time "
           "÷ Appraise time (in-process vs pyDVL in-process, process vs pyDVL process)\n")
-    print("| n | val | run | permutations asked → done | time s | ms / permutation | pyDVL ÷ Appraise: time "
-          "| pyDVL ÷ Appraise: per permutation | AUC flipped (seed 0, seed 1) | Spearman between seeds |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| n | val | run | permutations asked → done | time s | CPU s | ms / permutation "
+          "| pyDVL ÷ Appraise: time (CPU) | pyDVL ÷ Appraise: per permutation | AUC flipped (seed 0, seed 1) "
+          "| Spearman between seeds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         for key, label, peer in RUNS:
             r = row["runs"][key]
@@ -294,11 +307,11 @@ def user_main(a: argparse.Namespace) -> None:
             t_ratio = pp_ratio = "—"
             if peer is not None:
                 q = row["runs"][peer]
-                t_ratio = f"{q['s'] / r['s']:.1f}×"
+                t_ratio = f"{q['s'] / r['s']:.1f}× ({q['cpu_s'] / r['cpu_s']:.1f}×)"
                 pp_ratio = f"{q['ms_per_perm'] / r['ms_per_perm']:.1f}×"
             print(f"| {row['n']} | {row['n_val']} | {label} | {row['perms']} → {done} | {r['s']:.2f} "
-                  f"| {r['ms_per_perm']:.1f} | {t_ratio} | {pp_ratio} | {r['auc'][0]:.3f}, {r['auc'][1]:.3f} "
-                  f"| {r['spearman']:.3f} |")
+                  f"| {r['cpu_s']:.2f} | {r['ms_per_perm']:.1f} | {t_ratio} | {pp_ratio} "
+                  f"| {r['auc'][0]:.3f}, {r['auc'][1]:.3f} | {r['spearman']:.3f} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 
