@@ -38,9 +38,11 @@ Permutations done can differ from those asked (Appraise runs whole batches; its 
 result's ``permutations_done`` say how many; pyDVL's are its update counts): both are reported and ms per
 permutation uses the counts done. Accuracy: ROC AUC of −value for detecting the flipped labels (lower value = more
 likely flipped; 0.5 = chance), each seed's, and Spearman between the two seeds' values (Monte Carlo agreement).
-The table: one row per n and run; times are the mean over the seeds; the ratios are pyDVL's time ÷ Appraise's
-(in-process rows against pyDVL in-process, whole-process rows against pyDVL whole process), per permutation from
-the counts done. The header line gives the machine load (``os.getloadavg``).
+The table: one row per n and run; times are the mean over the seeds, wall clock and CPU seconds (in-process: the
+process's CPU time around the call, pyDVL's measured by the peer; whole process: the child's, workers included);
+the ratios are pyDVL's time ÷ Appraise's (in-process rows against pyDVL in-process, whole-process rows against pyDVL
+whole process; in brackets the same for CPU seconds, which a busy machine disturbs less), per permutation from the
+wall times and the counts done. The header line gives the machine load (``os.getloadavg``).
 
 **``--mode reference``** (the earlier bench): synthetic data (``make_classification``, d = 10, 200 validation
 points), in-process times only, Spearman of each tool to a reference: Appraise TMC without truncation with
@@ -293,7 +295,7 @@ def user_main(a: argparse.Namespace) -> None:
           f"missing_classes={a.missing_classes}; "
           f"one core each (pyDVL n_jobs=1, one BLAS thread; Appraise threads=1, workers=1 but in the default-workers "
           f"row); permutation seeds {a.seeds[0]} and {a.seeds[1]}; times = mean over the two seeds; ratio = pyDVL time "
-          "÷ Appraise time (in-process vs pyDVL in-process, process vs pyDVL process)\n")
+          "÷ Appraise time (in-process vs pyDVL in-process, process vs pyDVL process; in brackets CPU time)\n")
     print("| n | val | run | permutations asked → done | time s | CPU s | ms / permutation "
           "| pyDVL ÷ Appraise: time (CPU) | pyDVL ÷ Appraise: per permutation | AUC flipped (seed 0, seed 1) "
           "| Spearman between seeds |")
