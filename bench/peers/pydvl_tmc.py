@@ -1,8 +1,9 @@
 """pyDVL 0.10 TMC-Shapley peer (runs under .venv-peers/bin/python, never in the main venv).
 
 Usage: pydvl_tmc.py IN.npz OUT.npz
-IN holds x_train, y_train, x_val, y_val, permutations, rtol, seed, n_jobs, C. OUT gets values, wall_s,
-n_updates (per-point update counts) and u_empty (the scorer default used for U(∅) and failed fits).
+IN holds x_train, y_train, x_val, y_val, permutations, rtol, seed, n_jobs, C. OUT gets values, wall_s and cpu_s
+(this process's CPU time) of the fit, counts (per-point update counts) and u_empty (the scorer default used for
+U(∅) and failed fits).
 """
 
 from __future__ import annotations
@@ -67,14 +68,14 @@ def main() -> None:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with parallel_config(n_jobs=n_jobs):
             valuation.fit(train)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     res = valuation.result
     order = np.argsort(res.indices)
     np.savez(dst, values=np.asarray(res.values)[order], counts=np.asarray(res.counts)[order], wall_s=wall,
-             u_empty=u_empty)
+             cpu_s=cpu, u_empty=u_empty)
 
 
 if __name__ == "__main__":
