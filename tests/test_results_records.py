@@ -81,3 +81,16 @@ def test_the_reproducibility_record_reruns_to_the_same_values(files, capsys):
     again = json.loads(out)
     assert again["values"] == first["sellers"][0]["values"]
     assert again["provenance"]["inputs"] == record["inputs"]  # the same files, by their sha256
+
+
+def test_a_data_oob_job_checkpoints_and_resumes_to_the_same_values(files):
+    """The method hands its checkpoints to the run's context and resumes from one (what a service worker taking
+    over a job does): the values equal those of the uninterrupted run."""
+    method = METHODS["data-oob"]
+    inputs = Inputs(DataRef.of_path(files[0]), [DataRef.of_path(files[1])])
+    params = method.validate({"n_models": 32, "batch_size": 8, "seed": 4, "workers": 1})
+    states: list[dict] = []
+    whole = method.run(inputs, params, RunContext(checkpoint=states.append))
+    assert len(states) == 4
+    resumed = method.run(inputs, params, RunContext(resume=states[1]))
+    assert resumed["values"] == whole["values"] and resumed["models"] == whole["models"] == 32

@@ -38,14 +38,15 @@ def run_data_oob(inputs: Inputs, p: DataOOBParams, ctx: RunContext) -> dict[str,
 
     _val, parts, _base = load_labelled(inputs, ModelParams(label_column=p.label_column), ctx)
     x, y = np.concatenate([q.x for q in parts]), pooled_labels(parts)
-    executor = job_executor(p, ctx)
+    executor = job_executor(p, ctx, max_batches=-(-p.n_models // p.batch_size))
 
     def progress(done: int, total: int) -> None:
         ctx.progress(Progress(done / total, "data-oob", f"{len(y):,} points", done=done, total=total))
 
     result = data_oob(x, y, n_models=p.n_models, batch_size=p.batch_size, max_depth=p.max_depth, seed=p.seed,
                       executor=executor, chunk_rows=ctx.chunk_rows, progress=progress,
-                      stop_requested=lambda: ctx.stop_requested() is not None)
+                      stop_requested=lambda: ctx.stop_requested() is not None, checkpoint=ctx.checkpoint,
+                      resume_from=ctx.resume)
     import torch
 
     entries = point_entries(inputs.sellers, [len(q.y) for q in parts], torch.from_numpy(result.values),

@@ -18,12 +18,18 @@ batches of ``batch_size``: batch k's bootstrap indices come from
 (out-of-bag count, correct count), so batches can run on any :mod:`executor
 <app.valuation.shapley.executors>` and merge exactly: the same seed gives the same values with any of them.
 Out-of-bag predictions are made ``chunk_rows`` rows at a time, so memory is the data plus one bootstrap copy.
+
+Checkpoints (:class:`OOBState`): the two sums and the batches merged so far, after every batch. A run resumed
+from one computes only the missing batches and, the sums being integers, ends with exactly the values of an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +84,57 @@ class OOBBatch:
         return k, oob, correct
 
 
+def _encode(counts: np.ndarray) -> str:
+    return base64.b64encode(counts.astype("<i4").tobytes()).decode("ascii")
+
+
+def _decode(text: str, n: int, name: str) -> np.ndarray:
+    counts = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype="<i4")
+    if counts.shape != (n,):
+        raise ValuationError(f"Data-OOB checkpoint: {name} has {counts.size} counts, the data has {n} points")
+    return counts.astype(np.int64)
+
+
+@dataclass
+class OOBState:
+    """A run's running sums (a checkpoint): the settings it belongs to, the batches merged and, per point, the
+    out-of-bag and correct counts (as base64 little-endian int32 in JSON: 2 × 4 bytes a point)."""
+
+    seed: int
+    n: int
+    batch_size: int
+    max_depth: int | None
+    batches: set[int] = field(default_factory=set)
+    oob: np.ndarray | None = None
+    correct: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.oob is None:
+            self.oob = np.zeros(self.n, dtype=np.int64)
+        if self.correct is None:
+            self.correct = np.zeros(self.n, dtype=np.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"estimator": "data-oob", "seed": self.seed, "n": self.n, "batch_size": self.batch_size,
+                "max_depth": self.max_depth, "batches": sorted(self.batches), "batches_done": len(self.batches),
+                "oob": _encode(self.oob), "correct": _encode(self.correct)}
+
+    @classmethod
+    def resume(cls, d: dict[str, Any], expected: OOBState) -> OOBState:
+        """The checkpoint ``d``, after checking it is of a run with ``expected``'s settings."""
+        if d.get("estimator") != "data-oob":
+            raise ValuationError(f"checkpoint is from {d.get('estimator')!r}, cannot resume it with data-oob")
+        for key in ("seed", "n", "batch_size", "max_depth"):
+            if d.get(key) != getattr(expected, key):
+                raise ValuationError(f"checkpoint has {key}={d.get(key)!r}, this run {getattr(expected, key)!r}")
+        try:
+            return cls(expected.seed, expected.n, expected.batch_size, expected.max_depth,
+                       {int(b) for b in d["batches"]}, _decode(d["oob"], expected.n, "oob"),
+                       _decode(d["correct"], expected.n, "correct"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValuationError(f"Data-OOB checkpoint is damaged: {exc}") from exc
+
+
 @dataclass
 class OOBResult:
     values: np.ndarray  # ψ_i, NaN where no model left the point out
@@ -99,10 +156,13 @@ def data_oob(
     chunk_rows: int = 65_536,
     progress: Callable[[int, int], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume_from: dict[str, Any] | None = None,
 ) -> OOBResult:
     """Data-OOB values of the n points ``(x, y)`` from ``n_models`` bootstrap trees (whole batches of
     ``batch_size``; see the module docstring). ``progress(models_done, n_models)`` after each batch;
-    ``stop_requested()`` True ends the run early with the models fitted so far."""
+    ``stop_requested()`` True ends the run early with the models fitted so far. ``checkpoint(state)`` after each
+    batch (:meth:`OOBState.to_dict`); ``resume_from``: such a state, whose batches are not computed again."""
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 2 or len(x) != len(y):
         raise ValuationError(f"x must be (n, d) with one label per row; got x {x.shape}, y {y.shape}")
@@ -112,22 +172,27 @@ def data_oob(
         raise ValuationError("n_models and batch_size must be >= 1")
     batches = -(-int(n_models) // int(batch_size))
     task = OOBBatch(x, y, int(seed), int(batch_size), max_depth, int(chunk_rows))
-    oob = np.zeros(len(y), dtype=np.int64)
-    correct = np.zeros(len(y), dtype=np.int64)
-    done = 0
+    state = OOBState(int(seed), len(y), int(batch_size), max_depth)
+    if resume_from is not None:
+        state = OOBState.resume(resume_from, state)
+    oob, correct = state.oob, state.correct
     stop = stop_requested or (lambda: False)
-    parts = (executor or InProcess()).imap(task, iter(range(batches)), stop)
+    todo = (k for k in range(batches) if k not in state.batches)
+    parts = (executor or InProcess()).imap(task, todo, stop)
     try:
-        for _k, o, c in parts:
+        for k, o, c in parts:
             oob += o  # integer sums: exact in any order
             correct += c
-            done += 1
+            state.batches.add(int(k))
             if progress is not None:
-                progress(done * batch_size, batches * batch_size)
+                progress(len(state.batches) * batch_size, batches * batch_size)
+            if checkpoint is not None:
+                checkpoint(state.to_dict())
             if stop():
                 break
     finally:
         parts.close()
+    done = len(state.batches)
     with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(oob > 0, correct / np.maximum(oob, 1), np.nan)
         se = np.where(oob > 0, np.sqrt(values * (1 - values) / np.maximum(oob, 1)), np.nan)

@@ -3,6 +3,8 @@ every executor gives the same values, and on a task with flipped labels the flip
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -75,3 +77,37 @@ def test_bad_inputs_are_named():
         data_oob(np.zeros((3, 2)), np.zeros(4))
     with pytest.raises(ValuationError, match="n_models and batch_size"):
         data_oob(np.zeros((3, 2)), np.zeros(3), n_models=0)
+
+
+def test_a_run_resumed_from_a_checkpoint_ends_with_the_uninterrupted_values(flipped):
+    x, y, _ = flipped
+    states: list[dict] = []
+    whole = data_oob(x, y, n_models=64, batch_size=8, seed=5, checkpoint=states.append)
+    assert [s["batches_done"] for s in states] == list(range(1, 9))
+    json.loads(json.dumps(states[2]))  # plain JSON: the service stores it as is
+    fitted: list[int] = []
+    resumed = data_oob(x, y, n_models=64, batch_size=8, seed=5, resume_from=states[2],
+                       progress=lambda done, total: fitted.append(done))
+    assert fitted == [32, 40, 48, 56, 64]  # only the 5 missing batches ran
+    np.testing.assert_array_equal(resumed.oob_counts, whole.oob_counts)
+    np.testing.assert_array_equal(resumed.values, whole.values)
+    assert resumed.models == whole.models == 64
+    finished = data_oob(x, y, n_models=64, batch_size=8, seed=5, resume_from=states[-1],
+                        progress=lambda done, total: fitted.append(-1))
+    assert -1 not in fitted and np.array_equal(finished.values, whole.values, equal_nan=True)
+
+
+def test_a_checkpoint_of_another_run_is_refused(flipped):
+    x, y, _ = flipped
+    states: list[dict] = []
+    data_oob(x[:100], y[:100], n_models=16, batch_size=8, seed=5, checkpoint=states.append)
+    with pytest.raises(ValuationError, match="seed=5, this run 6"):
+        data_oob(x[:100], y[:100], n_models=16, batch_size=8, seed=6, resume_from=states[0])
+    with pytest.raises(ValuationError, match="batch_size=8, this run 4"):
+        data_oob(x[:100], y[:100], n_models=16, batch_size=4, seed=5, resume_from=states[0])
+    with pytest.raises(ValuationError, match="n=100, this run 99"):
+        data_oob(x[:99], y[:99], n_models=16, batch_size=8, seed=5, resume_from=states[0])
+    with pytest.raises(ValuationError, match="damaged"):
+        data_oob(x[:100], y[:100], n_models=16, batch_size=8, seed=5, resume_from={**states[0], "oob": "!!"})
+    with pytest.raises(ValuationError, match="from 'tmc_shapley'"):
+        data_oob(x[:100], y[:100], n_models=16, batch_size=8, seed=5, resume_from={"estimator": "tmc_shapley"})
