@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,11 +138,12 @@ def _validate(new: NewDataset, kind: str, fmt: str, label_column: str | None, li
 
 
 def create_dataset(session: Session, store: BlobStore, caller: Caller, new: NewDataset,
-                   limits: ReadLimits) -> Dataset:
+                   limits: ReadLimits, before_commit: Callable[[Session], None] | None = None) -> Dataset:
     """Validate an upload, move its files to their final keys and insert (and commit) the row.
 
     The temp files are moved (not copied) on success; on failure they are left for the caller to delete and
-    everything this function wrote (final files, the row) is gone.
+    everything this function wrote (final files, the row) is gone. ``before_commit(session)``: more writes for
+    the row's transaction (e.g. deleting the resumable uploads it was made from), under the same write lock.
     """
     name, kind, fmt, label_column = _check_fields(new)
     assert new.file is not None
@@ -178,6 +180,8 @@ def create_dataset(session: Session, store: BlobStore, caller: Caller, new: NewD
         session.add(row)
         session.flush()
         row.profile_job_id = _queue_profile(session, row).id  # with the row, in one transaction
+        if before_commit is not None:
+            before_commit(session)
         session.flush()
         session.commit()
     except BaseException:

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import os
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +25,7 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from app.data.errors import DataError
 from app.db.base import new_id, utcnow
 from app.db.models import Upload
 from app.db.session import begin_write
@@ -180,23 +182,25 @@ def delete_upload(session: Session, caller: Caller, store: BlobStore, upload_id:
     path.unlink(missing_ok=True)
 
 
-def take_complete(session: Session, caller: Caller, store: BlobStore, upload_id: str, field: str):
+def link_complete(store: BlobStore, upload: Upload, field: str):
     """A complete upload as an :class:`~app.services.datasets.UploadedFile` (hashed here, read once), for
-    :func:`~app.services.datasets.create_dataset`; its row is deleted in the caller's transaction."""
+    :func:`~app.services.datasets.create_dataset`: a second name for its part (a hard link; a copy where the
+    filesystem has none) with the file's suffix, which the readers choose by. The upload itself is untouched
+    until the dataset is committed, so a failure that is not the file's fault leaves it for a retry."""
     from app.services.datasets import UploadedFile
 
-    upload = get_upload(session, caller, upload_id)
-    _require_complete(upload, field)
-    path = _temp(store, upload)
+    part = _temp(store, upload)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(part, "rb") as f:
         while block := f.read(WRITE_BLOCK):
             digest.update(block)
     filename = (upload.metadata_ or {}).get("filename") or "upload"
-    suffix = Path(filename).suffix.lower()
-    named = path.with_name(f"{path.stem}{suffix}")  # the readers choose by suffix
-    os.replace(path, named)
-    session.execute(delete(Upload).where(Upload.id == upload.id))
+    named = store.temp_path(Path(filename).suffix.lower())
+    named.unlink()
+    try:
+        os.link(part, named)
+    except OSError:  # no hard links here (or across devices): a copy
+        shutil.copyfile(part, named)
     return UploadedFile(field=field, filename=Path(filename).name, temp=named, size_bytes=upload.length,
                         sha256=digest.hexdigest())
 
@@ -211,35 +215,50 @@ def expired_uploads(session: Session, store: BlobStore) -> int:
     return len(rows)
 
 
-def forget(session: Session, caller: Caller, upload_id: str) -> None:
-    session.execute(delete(Upload).where(Upload.id == upload_id, Upload.org_id == caller.org_id))
-
-
 def dataset_from_uploads(session: Session, store: BlobStore, caller: Caller, limits, upload_id: str,
                          edges_upload_id: str | None, *, name: str, kind: str, label_column: str | None):
     """Complete upload(s) → a dataset (validated, stored atomically, profiled: the same path as a multipart
-    upload). An unfinished upload is a 422 and stays (the client may go on); once the files are taken, any
-    failure drops their bytes too: a file that fails validation is not kept."""
+    upload); the uploads are deleted in the dataset's own transaction. When it fails:
+
+    - the file's content is invalid (:class:`DataError`): the uploads are dropped too (a file that fails
+      validation is not kept);
+    - anything else (a field to correct, a database busy for a moment, a crash): the uploads stay as they were,
+      so the same request can be sent again (they expire as unfinished ones do).
+    """
     from app.services.datasets import NewDataset, create_dataset
 
-    wanted = [(upload_id, "file")] + ([(edges_upload_id, "edges")] if edges_upload_id else [])
-    for uid, field in wanted:
-        _require_complete(get_upload(session, caller, uid), field)
+    wanted = [(get_upload(session, caller, uid), field)
+              for uid, field in [(upload_id, "file")] + ([(edges_upload_id, "edges")] if edges_upload_id else [])]
+    for upload, field in wanted:
+        _require_complete(upload, field)
+    ids = [upload.id for upload, _ in wanted]
+    parts = [_temp(store, upload) for upload, _ in wanted]  # read now: the rows go with the commit
     files = []
+
+    def drop_uploads(s: Session) -> None:  # in the dataset's write transaction
+        gone = s.execute(delete(Upload).where(Upload.id.in_(ids), Upload.org_id == caller.org_id)).rowcount
+        if gone != len(ids):  # a request finishing the same upload got there first
+            raise Conflict(f"upload {upload_id} was made into a dataset already")
+
     try:
-        files = [take_complete(session, caller, store, uid, field) for uid, field in wanted]
+        files = [link_complete(store, upload, field) for upload, field in wanted]
         new = NewDataset(name=name, kind=kind, label_column=label_column, file=files[0],
                          edges=files[1] if len(files) > 1 else None)
-        return create_dataset(session, store, caller, new, limits)
-    except BaseException:
-        for f in files:
-            f.temp.unlink(missing_ok=True)
+        row = create_dataset(session, store, caller, new, limits, before_commit=drop_uploads)
+    except DataError:
         session.rollback()
         begin_write(session)
-        for uid, _ in wanted:
-            forget(session, caller, uid)
+        drop_uploads(session)
         session.commit()
+        for part in parts:
+            part.unlink(missing_ok=True)
         raise
+    finally:
+        for f in files:  # the links (a committed one was moved to its key already)
+            f.temp.unlink(missing_ok=True)
+    for part in parts:  # the dataset holds the bytes now: the parts' other names go
+        part.unlink(missing_ok=True)
+    return row
 
 
 def _require_complete(upload: Upload, field: str) -> None:
@@ -253,5 +272,5 @@ def sweep_leftovers(session: Session, store: BlobStore, max_age_seconds: float) 
     :meth:`BlobStore.sweep_temp`); the parts of unexpired uploads stay, so a client may still resume."""
     expired_uploads(session, store)
     session.flush()
-    live = set(session.scalars(select(Upload.temp_name).where(Upload.completed_at.is_(None))).all())
+    live = set(session.scalars(select(Upload.temp_name)).all())  # complete ones too: they await their dataset
     return store.sweep_temp(max_age_seconds, keep=live)

@@ -330,3 +330,64 @@ def test_a_resumable_upload_becomes_a_dataset_and_stays_its_organizations(client
     assert client.head(url, headers=h).status_code == 404  # consumed
     too_big = client.post(f"{API}/uploads", headers={**h, "Upload-Length": str(10**12)})
     assert too_big.status_code == 413
+
+
+def _complete_upload(client, org, data: bytes, filename: str = "t.csv") -> str:
+    h = {**org.headers, **TUS}
+    r = client.post(f"{API}/uploads", headers={**h, "Upload-Length": str(len(data)),
+                                               "Upload-Metadata": _metadata(filename=filename)})
+    assert r.status_code == 201
+    url = r.headers["location"]
+    done = client.patch(url, headers={**h, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"},
+                        content=data)
+    assert done.status_code == 204
+    return url
+
+
+def _temp_files(settings) -> list[str]:
+    return sorted(p.name for p in (settings.storage_dir / ".tmp").iterdir())
+
+
+def test_a_finished_upload_survives_a_correctable_failure_and_not_a_bad_file(client, make_org, settings,
+                                                                             monkeypatch):
+    """Making the dataset fails: for a field to correct or a database busy for a moment the upload stays and the
+    same request succeeds afterwards; a file whose content is invalid is dropped with its bytes."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.services import datasets
+
+    org = make_org("acme", "seller")
+    data = pd.DataFrame({"a": np.arange(50) / 7, "label": np.arange(50) % 2}).to_csv(index=False).encode()
+    url = _complete_upload(client, org, data)
+    parts = _temp_files(settings)
+    assert len(parts) == 1
+
+    bad_kind = client.post(f"{url}/dataset", headers=org.headers, json={"name": "t", "kind": "banana"})
+    assert bad_kind.status_code == 422 and "kind" in bad_kind.text
+    assert client.head(url, headers={**org.headers, **TUS}).headers["upload-offset"] == str(len(data))
+
+    real = datasets.create_dataset
+
+    def busy(*args, **kwargs):  # what SQLite says when another connection holds the write lock too long
+        raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(datasets, "create_dataset", busy)
+    locked = client.post(f"{url}/dataset", headers=org.headers, json={"name": "t", "kind": "table"})
+    assert locked.status_code == 503 and locked.headers["retry-after"]
+    assert client.head(url, headers={**org.headers, **TUS}).headers["upload-offset"] == str(len(data))
+    assert _temp_files(settings) == parts  # the part, and no leftover link
+    monkeypatch.setattr(datasets, "create_dataset", real)
+
+    made = client.post(f"{url}/dataset", headers=org.headers, json={"name": "t", "kind": "table"})
+    assert made.status_code == 201, made.text
+    assert made.json()["sha256"] == hashlib.sha256(data).hexdigest() and made.json()["rows"] == 50
+    assert client.head(url, headers={**org.headers, **TUS}).status_code == 404  # consumed
+    again = client.post(f"{url}/dataset", headers=org.headers, json={"name": "t", "kind": "table"})
+    assert again.status_code == 404
+    assert _temp_files(settings) == []
+
+    broken = _complete_upload(client, org, b"a,label\n1,0\n2,1,7\n")
+    refused = client.post(f"{broken}/dataset", headers=org.headers, json={"name": "b", "kind": "table"})
+    assert refused.status_code == 422, refused.text
+    assert client.head(broken, headers={**org.headers, **TUS}).status_code == 404
+    assert _temp_files(settings) == []
