@@ -9,16 +9,18 @@ window of them, ``2 × workers``).
 
 While it waits for the next batch, an executor asks ``interrupted()`` (the stopping rule re-checked on the merged
 result, e.g. a cancel or a time budget); when it says stop, the outstanding batches are cancelled: local worker
-processes are terminated, Ray tasks are cancelled with ``ray.cancel(force=True)``.
+processes are terminated, Ray actors are killed (``ray.kill``, no restart).
 
 - :class:`LocalExecutor` — a :class:`concurrent.futures.ProcessPoolExecutor` of ``workers`` processes (default
   one per core, and no more than the run has batches), each pinned to one torch thread, the batch task (utility
   included) shipped once per process. A daemonic process (a service worker's job process) may not start
   processes: there the run stays in this process (saying so in :attr:`LocalExecutor.note` when workers were
   asked for); the service spreads one job over a Ray cluster instead.
-- :class:`RayExecutor` — Ray tasks (``num_cpus=1``, retried up to ``max_retries`` times when a Ray worker dies)
-  on the cluster at ``address``, or on a local one started for the run (``num_cpus=workers``) and shut down after
-  it. Ray is imported only here, and only when this executor runs (the extra ``appraise[ray]``).
+- :class:`RayExecutor` — ``workers`` Ray actors (one CPU each, or one GPU each for a CUDA run; restarted, and
+  their batch retried, up to ``max_retries`` times when a Ray worker dies), each holding the batch task shipped
+  once, batches dealt round-robin; on the cluster at ``address``, or on a local one started for the run
+  (``num_cpus=workers``) and shut down after it. The actors end with the run. Ray is imported only here, and
+  only when this executor runs (the extra ``appraise[ray]``).
 """
 
 from __future__ import annotations
@@ -187,12 +189,26 @@ def _ray():
     return ray
 
 
-def _ray_batch(task: BatchFn, b: int) -> Any:
-    """One batch as a Ray task, on one torch thread (a task holds one CPU)."""
-    import torch
+class _BatchActor:
+    """A Ray actor holding the run's batch task (deserialised once, its caches kept warm, as a local worker
+    process keeps it) on one torch thread; ``run(b)`` computes batch b."""
 
-    torch.set_num_threads(1)
-    return task(b)
+    def __init__(self, task: BatchFn) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.task = task
+
+    def run(self, b: int) -> Any:
+        return self.task(b)
+
+
+def _wants_gpu(task: BatchFn) -> bool:
+    """Whether the run's utility lives on a CUDA device (then each actor takes a GPU). The engine hands executors
+    ``functools.partial(counted_batch, utility, batch_fn)``."""
+    args = getattr(task, "args", ())
+    device = getattr(args[0], "device", None) if args else None
+    return getattr(device, "type", None) == "cuda"
 
 
 class RayExecutor(Executor):
@@ -227,16 +243,21 @@ class RayExecutor(Executor):
     def imap(self, task: BatchFn, indices: Iterator[int], interrupted: Callable[[], bool] = _never) -> Iterator[Any]:
         ray = _ray()
         started = self._connect(ray)
-        if self.requested is None:  # default: every CPU of the cluster
-            self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        remote = ray.remote(_ray_batch).options(num_cpus=1, max_retries=self.max_retries)
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0)) if _wants_gpu(task) else 0
+        if self.requested is None:  # default: every GPU of the cluster for a CUDA run, else every CPU
+            self.workers = max(1, gpus or int(resources.get("CPU", 1)))
+        actor = ray.remote(_BatchActor).options(num_cpus=1, num_gpus=1 if gpus else 0,
+                                                max_restarts=self.max_retries, max_task_retries=self.max_retries)
         task_ref = ray.put(task)
+        actors = [actor.remote(task_ref) for _ in range(self.workers)]
         pending: deque = deque()
         try:
-            yield from _ordered(indices, _window(self.workers), lambda b: remote.remote(task_ref, b), pending,
-                                lambda r: bool(ray.wait([r], timeout=POLL_SECONDS)[0]), ray.get, interrupted)
+            yield from _ordered(indices, _window(self.workers), lambda b: actors[b % len(actors)].run.remote(b),
+                                pending, lambda r: bool(ray.wait([r], timeout=POLL_SECONDS)[0]), ray.get,
+                                interrupted)
         finally:
-            cancel_ray(ray, list(pending))
+            stop_actors(ray, actors, list(pending))
             if started:
                 ray.shutdown()
 
@@ -257,13 +278,14 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                              "--ray-address / APPRAISE_RAY_ADDRESS") from exc
 
 
-def cancel_ray(ray, refs: list) -> None:
-    """Cancel outstanding Ray tasks (force: a running batch's worker is killed) and wait until each has ended."""
+def stop_actors(ray, actors: list, refs: list) -> None:
+    """End the run's actors (a batch still running is stopped with its process; no restart) and wait until
+    each outstanding call has ended, so nothing of the run keeps a CPU."""
+    for a in actors:
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(a, no_restart=True)
     for ref in refs:
-        with contextlib.suppress(Exception):  # already finished or gone
-            ray.cancel(ref, force=True)
-    for ref in refs:
-        with contextlib.suppress(Exception):  # TaskCancelledError / WorkerCrashedError: it has ended either way
+        with contextlib.suppress(Exception):  # ActorDiedError / TaskCancelledError: it has ended either way
             ray.get(ref, timeout=30)
 
 
