@@ -13,7 +13,17 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db.base import utcnow
-from app.db.models import Dataset, IdempotencyRecord, Job, JobEvent, JobResult, Listing, ListingBuyer, PointValue
+from app.db.models import (
+    Dataset,
+    IdempotencyRecord,
+    Job,
+    JobDataset,
+    JobEvent,
+    JobResult,
+    Listing,
+    ListingBuyer,
+    PointValue,
+)
 from app.db.session import make_engine, session_factory, transaction
 
 PROBLEM = "application/problem+json"
@@ -271,6 +281,55 @@ def test_result_summary_when_succeeded_without_point_rows(client, world, db):
                               "sellers": [{"dataset_id": w["s_table"], "sum": 0.3, "mean": 0.15}]}
     listed = client.get(f"{API}/jobs", headers=w["buyer"].headers).json()["items"]
     assert listed[0]["result"] == done["result"]
+
+
+def test_the_polled_read_matches_the_orm_read(client, world, db):
+    """GET /jobs/{id} reads a job in one Core statement (app.services.jobs.job_snapshot); it shows what the ORM
+    read (get_job_with_result, used by every other route) shows, byte for byte: sellers in order, a deleted
+    seller's dataset as null, the summary once stored and finished, none while a seller's listing is withdrawn."""
+    from app.api.jobs import job_out
+    from app.db.session import read_connection
+    from app.services import jobs as service
+    from app.services.keys import Caller
+
+    w = world
+    sellers = [w["s2_table"], w["s_table"], w["s_unlisted"]]
+    list_to(db, w["seller"], w["s_unlisted"])
+    jid = submit(client, w["buyer"], "data-shapley", w["b_table"], sellers).json()["id"]
+    buyer = Caller(org_id=w["buyer"].id, org_name="buyer", role="buyer", key_id="-")
+    engine = db.kw["bind"]
+
+    def both() -> dict:
+        with db() as s:
+            orm = job_out(*service.get_job_with_result(s, buyer, jid)).model_dump_json()
+        with read_connection(engine) as conn:
+            core = job_out(*service.job_snapshot(conn, buyer, jid)).model_dump_json()
+        api = client.get(f"{API}/jobs/{jid}", headers=w["buyer"].headers)
+        assert api.status_code == 200 and api.headers["content-type"] == "application/json"
+        assert core == orm == api.text
+        return json.loads(core)
+
+    assert both()["seller_dataset_ids"] == sellers
+    summary = {"method": "data-shapley", "values": [0.1], "sellers": [{"dataset_id": w["s_table"], "sum": 0.3,
+                                                                       "values": [0.1]}]}
+    with transaction(db) as s:
+        s.add(JobResult(job_id=jid, summary=summary))
+    set_job(db, jid, status="running", progress=0.5, progress_detail={"permutations": 10},
+            last_error="Traceback\n  boom\nValueError: x", started_at=utcnow())
+    assert both()["result"] is None  # not finished: no summary yet
+    set_job(db, jid, status="succeeded", progress=1.0, finished_at=utcnow(), resolved_params={"seed": 1})
+    assert both()["result"] == {"method": "data-shapley", "sellers": [{"dataset_id": w["s_table"], "sum": 0.3}]}
+    with transaction(db) as s:  # the unlisted seller's listing is withdrawn: the result is withheld
+        s.execute(Listing.__table__.delete().where(Listing.dataset_id == w["s_unlisted"]))
+    assert both()["result"] is None
+    with transaction(db) as s:  # its dataset deleted since (its row in the job kept): null, nothing withheld
+        s.execute(JobDataset.__table__.update().where(JobDataset.dataset_id == w["s_unlisted"])
+                  .values(dataset_id=None))
+    got = both()
+    assert got["seller_dataset_ids"] == [w["s2_table"], w["s_table"], None] and got["result"] is not None
+    stranger = Caller(org_id=w["stranger"].id, org_name="stranger", role="buyer", key_id="-")
+    with read_connection(engine) as conn, pytest.raises(service.NotFound):
+        service.job_snapshot(conn, stranger, jid)
 
 
 def test_cross_org_404_matrix(client, world, db):
