@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1, description="Database connections an API process keeps open")
     db_max_overflow: int = Field(10, ge=0, description="Connections beyond the pool size an API process may open "
                                                        "under load (closed when returned)")
+    db_read_threads: int = Field(
+        4, ge=1, description="Threads an API process runs the polled job reads (GET /jobs/{id}) in at once; more "
+                             "polls wait their turn, in order (on a few cores, more threads only contend)")
     db_pool_timeout_seconds: float = Field(
         2.0, gt=0, description="How long a request waits for a free database connection before it is answered 503 "
                                "with Retry-After (short on purpose: a full pool sheds load instead of queueing)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.api.problems import responses
 from app.db.models import Job, JobStatus, PointValue
 from app.db.session import read_connection
-from app.http.deps import CallerDep, SessionDep, SettingsDep, require_role
+from app.http.deps import CallerDep, SessionDep, SettingsDep, read_limiter, require_role
 from app.http.events import EVENTS_POLL_SECONDS, job_events
 from app.http.paging import Offset
 from app.services import jobs as service
@@ -148,15 +149,20 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", operation_id="get_job", response_model=JobOut, responses=responses(401, 404))
-def get_job(job_id: str, request: Request, caller: CallerDep) -> Response:
+async def get_job(job_id: str, request: Request, caller: CallerDep) -> Response:
     """A job's state, progress, attempts and last error; its result summary once it succeeded."""
-    # The endpoint clients poll, kept lean. Sync, so its query runs in the threadpool: on the event loop, a query
-    # waiting for a pooled connection froze every route (an async version was faster until the pool ran out).
-    # No ORM session: one Core statement on a pooled connection (outside a transaction on Postgres: no BEGIN or
-    # ROLLBACK round trips), given back before the response is sent. The body is serialised here, in the same
-    # thread, to the bytes FastAPI would send for the JobOut (its own validation of a returned model would take a
-    # second trip to the threadpool).
-    with read_connection(request.app.state.engine) as conn:
+    # The endpoint clients poll, kept lean. Its query runs in a thread: on the event loop, a query waiting for a
+    # pooled connection froze every route (an async version was faster until the pool ran out). The threads are
+    # few and taken in order (read_limiter): on a busy server, polls queue on the event loop, first come first
+    # served, instead of contending for the GIL and the pool in dozens of threads. No ORM session: one Core
+    # statement on a pooled connection, given back before the response is sent, and the body serialised in the
+    # same thread, to the bytes FastAPI would send for the JobOut.
+    return await anyio.to_thread.run_sync(_read_job, request.app.state.engine, caller, job_id,
+                                          limiter=read_limiter(request.app))
+
+
+def _read_job(engine, caller, job_id: str) -> Response:
+    with read_connection(engine) as conn:
         job, result = service.job_snapshot(conn, caller, job_id)
     return Response(job_out(job, result).model_dump_json().encode(), media_type="application/json")
 
