@@ -81,6 +81,10 @@ class Settings(BaseSettings):
         64 * 1024**2, gt=0, description="Largest body of one resumable-upload PATCH (a chunk), in bytes")
     body_read_timeout_seconds: float = Field(
         60.0, gt=0, description="A request body that sends nothing for this long is answered 408 and dropped")
+    api_workers: int = Field(
+        1, ge=1, description="API processes `appraise serve` runs (uvicorn workers; about one per CPU core for "
+                             "throughput). More than one needs worker_mode=external; each process has its own auth "
+                             "cache, failed-authentication throttle and request metrics")
     keep_alive_seconds: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this "
                                                              "long (appraise serve)")
     header_read_timeout_seconds: float = Field(

@@ -172,6 +172,7 @@ def main() -> None:
     from app.db.migrate import upgrade
     from app.db.models import Dataset, Job
     from app.db.session import make_engine, session_factory, transaction
+    from app.http.server import protocol_path
     from app.services.keys import create_key, get_or_create_org
 
     name = f"appraise_bench_{uuid.uuid4().hex[:8]}"
@@ -200,9 +201,11 @@ def main() -> None:
         env = {**os.environ, "APPRAISE_DATABASE_URL": url, "APPRAISE_STORAGE_DIR": str(tmp / "storage"),
                "APPRAISE_WORKER_MODE": "external", "APPRAISE_MAX_UPLOAD_BYTES": str(4 * 1024**3),
                "APPRAISE_POLL_SECONDS": "0.1"}
+        # the HTTP protocol, event loop and processes of `appraise serve --workers N` (its access log aside)
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.api.main:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(a.port), "--workers", str(a.api_workers), "--log-level", "warning", "--no-access-log"],
+             "--port", str(a.port), "--workers", str(a.api_workers), "--http", protocol_path(), "--loop", "auto",
+             "--log-level", "warning", "--no-access-log"],
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(api)
         base = f"http://127.0.0.1:{a.port}"

@@ -133,6 +133,13 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     return app
 
 
+def served_app() -> FastAPI:
+    """The app of ``appraise serve`` (uvicorn's factory, in each of its worker processes): logs as the CLI's do,
+    settings from the environment."""
+    observability.configure_logging()
+    return create_app()
+
+
 def _api_routers() -> list:
     """The resource routers (each domain adds its own here)."""
     from app.api import batches, datasets, jobs, keys, listings, me, methods, resumable, shares
