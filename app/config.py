@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(0.5, gt=0, description="How often an idle worker looks for queued jobs")
     max_attempts: int = Field(3, ge=1, description="Attempts per job before it is marked failed")
     retry_backoff_seconds: float = Field(5.0, ge=0, description="Wait before a retry; doubles per attempt")
-    auth_cache_seconds: float = Field(10.0, ge=0, description="How long an API process trusts a checked key")
+    auth_cache_seconds: float = Field(2.0, ge=0, description="How long an API process trusts a checked key: a "
+                                                             "revoked key stops working within this long")
     job_timeout_seconds: float = Field(24 * 3600.0, gt=0, description="A job running longer is stopped and failed")
     worker_short_slots: int = Field(
         1, ge=0, description="Job slots a worker keeps for short (not Monte Carlo) jobs, on top of its concurrency, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -188,3 +189,29 @@ def test_the_jobs_routes_are_matched_first_and_documented_in_their_place(app):
     paths = list(app.openapi()["paths"])
     assert paths[0] == "/healthz"
     assert paths.index("/api/v1/listings") < paths.index("/api/v1/jobs") < paths.index("/api/v1/shares")
+
+
+def test_a_key_revoked_through_the_api_stops_at_once_and_elsewhere_within_the_cache_ttl(client, make_org, settings):
+    from app.config import Settings
+    from app.db.session import transaction
+    from app.services.keys import AuthCache, revoke_key
+
+    assert Settings().auth_cache_seconds <= 2  # a revoked key stops working within about two seconds
+    admin = make_org("ops", "admin")
+    made = client.post("/api/v1/keys", headers=admin.headers, json={"name": "ci"}).json()
+    ci = {"Authorization": f"Bearer {made['key']}"}
+    assert client.get("/api/v1/whoami", headers=ci).status_code == 200  # now in this process's cache
+    assert client.delete(f"/api/v1/keys/{made['id']}", headers=admin.headers).status_code == 204
+    assert client.get("/api/v1/whoami", headers=ci).status_code == 401  # the process that revoked it: at once
+    # revoked by another process (the CLI, another API process): this one trusts its cache for its TTL only
+    client.app.state.auth_cache = AuthCache(ttl=0.5)
+    assert client.get("/api/v1/whoami", headers=admin.headers).status_code == 200
+    engine = make_engine(settings.database_url)
+    with transaction(session_factory(engine)) as s:
+        revoke_key(s, admin.key)
+    engine.dispose()
+    deadline = time.monotonic() + 5
+    while client.get("/api/v1/whoami", headers=admin.headers).status_code == 200:
+        assert time.monotonic() < deadline, "the revoked key kept working"
+        time.sleep(0.05)
+    assert time.monotonic() < deadline - 4  # within the TTL (0.5 s), give or take a request
