@@ -101,7 +101,11 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
         app.state.on_stop.append(stop_dispatcher)
     app.state.metrics = observability.Metrics(app.state.sessions)
     # outermost last: request id and security headers on everything (500s included), then CORS (preflights
-    # answered before authentication), then the guard (authentication and body caps before any body is read)
+    # answered before authentication), then the guard (authentication and body caps before any body is read),
+    # then the polled job read's short way
+    from app.api.jobs import PolledJobRead
+
+    app.add_middleware(PolledJobRead)  # inside the guard: GET /jobs/{id} once its key is checked
     app.add_middleware(RequestGuard, settings=settings)
     if settings.cors_origins():
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins(),

@@ -332,6 +332,41 @@ def test_the_polled_read_matches_the_orm_read(client, world, db):
         service.job_snapshot(conn, stranger, jid)
 
 
+def test_the_polled_read_answers_as_the_fastapi_route_does(client, world, db, monkeypatch):
+    """GET /jobs/{id} is answered by a middleware (app.api.jobs.PolledJobRead) unless the request has a query
+    string, so the same request with one goes through FastAPI's route: both answers are the same, 200 and 404,
+    headers included, and count under the same route in the request metrics."""
+    w = world
+    jid = submit(client, w["buyer"], "data-shapley", w["b_table"], [w["s_table"]]).json()["id"]
+    set_job(db, jid, status="running", progress=0.25)
+    from app.api.jobs import PolledJobRead
+
+    short_ways = []
+    read = PolledJobRead._read
+    monkeypatch.setattr(PolledJobRead, "_read", lambda self, *a: short_ways.append(a[3]) or read(self, *a))
+    cases = [(w["buyer"], jid), (w["stranger"], jid), (w["buyer"], "f" * 32), (w["seller"], jid)]
+    for org, job_id in cases:
+        short = client.get(f"{API}/jobs/{job_id}", headers=org.headers)
+        usual = client.get(f"{API}/jobs/{job_id}?via=fastapi", headers=org.headers)
+        assert short.status_code == usual.status_code in (200, 404)
+        assert short.content == usual.content
+        same = {k: v for k, v in short.headers.items() if k not in ("x-request-id", "date")}
+        assert same == {k: v for k, v in usual.headers.items() if k not in ("x-request-id", "date")}
+        assert short.headers["x-request-id"] and short.headers["cache-control"] == "no-store"
+    from prometheus_client import generate_latest
+
+    assert short_ways == [job_id for _, job_id in cases]  # the requests without a query string, and only those
+    metrics = generate_latest(client.app.state.metrics.registry).decode()
+    assert 'appraise_http_requests_total{method="GET",route="/jobs/{job_id}",status="200"} 2.0' in metrics
+    assert 'appraise_http_requests_total{method="GET",route="/jobs/{job_id}",status="404"} 6.0' in metrics
+    # what the short way leaves to FastAPI is answered as before
+    slash = client.get(f"{API}/jobs/{jid}/", headers=w["buyer"].headers, follow_redirects=False)
+    assert slash.status_code == 307 and slash.headers["location"].endswith(f"/jobs/{jid}")
+    assert client.get(f"{API}/jobs/a%00b", headers=w["buyer"].headers).status_code == 422
+    assert client.get(f"{API}/jobs/{jid}").status_code == 401
+    assert client.post(f"{API}/jobs/{jid}", headers=w["buyer"].headers).status_code == 405
+
+
 def test_cross_org_404_matrix(client, world, db):
     w = world
     jid = submit(client, w["buyer"], "data-shapley", w["b_table"], [w["s_table"]]).json()["id"]
