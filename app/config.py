@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(0.5, gt=0, description="How often an idle worker looks for queued jobs")
     max_attempts: int = Field(3, ge=1, description="Attempts per job before it is marked failed")
     retry_backoff_seconds: float = Field(5.0, ge=0, description="Wait before a retry; doubles per attempt")
-    auth_cache_seconds: float = Field(10.0, ge=0, description="How long an API process trusts a checked key")
+    auth_cache_seconds: float = Field(2.0, ge=0, description="How long an API process trusts a checked key: a "
+                                                             "revoked key stops working within this long")
     job_timeout_seconds: float = Field(24 * 3600.0, gt=0, description="A job running longer is stopped and failed")
     worker_short_slots: int = Field(
         1, ge=0, description="Job slots a worker keeps for short (not Monte Carlo) jobs, on top of its concurrency, "
@@ -67,6 +68,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1, description="Database connections an API process keeps open")
     db_max_overflow: int = Field(10, ge=0, description="Connections beyond the pool size an API process may open "
                                                        "under load (closed when returned)")
+    db_read_threads: int = Field(
+        4, ge=1, description="Threads an API process runs the polled job reads (GET /jobs/{id}) in at once; more "
+                             "polls wait their turn, in order (on a few cores, more threads only contend)")
     db_pool_timeout_seconds: float = Field(
         2.0, gt=0, description="How long a request waits for a free database connection before it is answered 503 "
                                "with Retry-After (short on purpose: a full pool sheds load instead of queueing)")
@@ -78,6 +82,10 @@ class Settings(BaseSettings):
         64 * 1024**2, gt=0, description="Largest body of one resumable-upload PATCH (a chunk), in bytes")
     body_read_timeout_seconds: float = Field(
         60.0, gt=0, description="A request body that sends nothing for this long is answered 408 and dropped")
+    api_workers: int = Field(
+        1, ge=1, description="API processes `appraise serve` runs (uvicorn workers; about one per CPU core for "
+                             "throughput). More than one needs worker_mode=external; each process has its own auth "
+                             "cache, failed-authentication throttle and request metrics")
     keep_alive_seconds: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this "
                                                              "long (appraise serve)")
     header_read_timeout_seconds: float = Field(

@@ -5,8 +5,9 @@ dropped at the end): the API as ``uvicorn`` child processes, the load generator 
 the CPU, as they would on one 2-core box), one idle ``appraise worker``.
 
 1. ``GET /api/v1/jobs/{id}`` with a valid key: ``--seconds`` of closed-loop load at each of ``--connections``
-   (8, 32, 64): requests/s, p50/p99 latency and errors (non-200s, resets, no answer in 5 s). Goal: no
-   errors and p99 < 100 ms at 64 connections. ``--read-only`` stops after this.
+   (8, 32, 64): requests/s, p50/p99 latency and errors (non-200s, resets, no answer in 5 s). Goals: at least
+   500 req/s with p99 < 50 ms at 8 connections; no errors and p99 < 100 ms at 32 and 64. ``--read-only`` stops
+   after this.
 2. ``POST /api/v1/datasets`` of a ``--upload-mb`` CSV (streamed from disk by the client): wall time and the
    server process's RSS growth (sampled every 20 ms from /proc). Goal < 200 MB growth for 1 GB.
    The load generator is a bare asyncio HTTP/1.1 client (see :func:`load`).
@@ -144,10 +145,14 @@ def read_rows(base: str, job_id: str, headers: dict[str, str], seconds: float, l
         lat, errors = asyncio.run(load(f"{base}/api/v1/jobs/{job_id}", headers, seconds, concurrency))
         lat_ms = np.array(lat or [float("nan")]) * 1000
         p50, p99 = float(np.percentile(lat_ms, 50)), float(np.percentile(lat_ms, 99))
-        ok = errors == 0 and p99 < 100
+        rate = len(lat) / seconds
+        if concurrency <= 8:  # a few pollers: throughput and a tight tail
+            goal, ok = "≥ 500 req/s, p99 < 50 ms, no errors", errors == 0 and rate >= 500 and p99 < 50
+        else:
+            goal, ok = "no errors, p99 < 100 ms", errors == 0 and p99 < 100
         rows.append((f"GET /jobs/{{id}} ({concurrency} connections, {api_workers} API workers, {seconds:g} s)",
-                     f"{len(lat) / seconds:,.0f} req/s; p50 {p50:.1f} ms, p99 {p99:.1f} ms; {errors} errors",
-                     "no errors, p99 < 100 ms", "met" if ok else "NOT met"))
+                     f"{rate:,.0f} req/s; p50 {p50:.1f} ms, p99 {p99:.1f} ms; {errors} errors", goal,
+                     "met" if ok else "NOT met"))
     return rows
 
 
@@ -172,6 +177,7 @@ def main() -> None:
     from app.db.migrate import upgrade
     from app.db.models import Dataset, Job
     from app.db.session import make_engine, session_factory, transaction
+    from app.http.server import protocol_path
     from app.services.keys import create_key, get_or_create_org
 
     name = f"appraise_bench_{uuid.uuid4().hex[:8]}"
@@ -200,9 +206,11 @@ def main() -> None:
         env = {**os.environ, "APPRAISE_DATABASE_URL": url, "APPRAISE_STORAGE_DIR": str(tmp / "storage"),
                "APPRAISE_WORKER_MODE": "external", "APPRAISE_MAX_UPLOAD_BYTES": str(4 * 1024**3),
                "APPRAISE_POLL_SECONDS": "0.1"}
+        # the HTTP protocol, event loop and processes of `appraise serve --workers N` (its access log aside)
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.api.main:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(a.port), "--workers", str(a.api_workers), "--log-level", "warning", "--no-access-log"],
+             "--port", str(a.port), "--workers", str(a.api_workers), "--http", protocol_path(), "--loop", "auto",
+             "--log-level", "warning", "--no-access-log"],
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(api)
         base = f"http://127.0.0.1:{a.port}"

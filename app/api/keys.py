@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -65,11 +65,14 @@ def create_key(body: KeyIn, session: SessionDep, caller: CallerDep) -> NewKeyOut
 
 
 @router.delete("/keys/{key_id}", operation_id="revoke_key", status_code=204, responses=responses(401, 403, 404))
-def revoke_key(key_id: str, session: SessionDep, caller: CallerDep) -> Response:
-    """Revoke one of the organization's keys (API processes stop accepting it within the auth cache's TTL)."""
+def revoke_key(key_id: str, request: Request, session: SessionDep, caller: CallerDep) -> Response:
+    """Revoke one of the organization's keys (at once in this API process; the others stop accepting it within
+    the auth cache's TTL, APPRAISE_AUTH_CACHE_SECONDS)."""
     begin_write(session)
     if session.scalar(select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.org_id == caller.org_id)) is None:
         raise NotFound(f"key {key_id} not found", key_id=key_id)  # another organization's: 404, not 403
     require_role(caller, "admin")
     service.revoke_org_key(session, caller.org_id, key_id)
+    session.commit()  # before the cache forgets the key: a request in between cannot put it back
+    request.app.state.auth_cache.forget_key(key_id)
     return Response(status_code=204)

@@ -101,7 +101,11 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
         app.state.on_stop.append(stop_dispatcher)
     app.state.metrics = observability.Metrics(app.state.sessions)
     # outermost last: request id and security headers on everything (500s included), then CORS (preflights
-    # answered before authentication), then the guard (authentication and body caps before any body is read)
+    # answered before authentication), then the guard (authentication and body caps before any body is read),
+    # then the polled job read's short way
+    from app.api.jobs import PolledJobRead
+
+    app.add_middleware(PolledJobRead)  # inside the guard: GET /jobs/{id} once its key is checked
     app.add_middleware(RequestGuard, settings=settings)
     if settings.cors_origins():
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins(),
@@ -115,15 +119,29 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
                            max_age=600)
     app.add_middleware(observability.RequestContext, metrics=app.state.metrics)
     problems.install(app)
+    from app.api import jobs
+
+    # The jobs routes are matched first: FastAPI tries routes in order, and GET /jobs/{id} (the route clients
+    # poll) would otherwise wait behind some thirty others. No other route shares their paths. The OpenAPI
+    # document keeps the order below (_offline_docs).
+    app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(observability.router)
     for router in _api_routers():
-        app.include_router(router, prefix=API_PREFIX)
+        if router is not jobs.router:
+            app.include_router(router, prefix=API_PREFIX)
     _offline_docs(app, settings)
     from app import portal
 
     portal.install(app)
     return app
+
+
+def served_app() -> FastAPI:
+    """The app of ``appraise serve`` (uvicorn's factory, in each of its worker processes): logs as the CLI's do,
+    settings from the environment."""
+    observability.configure_logging()
+    return create_app()
 
 
 def _api_routers() -> list:
@@ -132,6 +150,23 @@ def _api_routers() -> list:
 
     return [me.router, methods.router, datasets.router, resumable.router, listings.router, jobs.router,
             shares.router, batches.router, keys.router]
+
+
+def _documented_order(routes: list) -> list:
+    """The app's routes in the order the OpenAPI document lists them: the jobs routes (matched first) where
+    :func:`_api_routers` has them, before the router that follows them there."""
+    from app.api import jobs
+
+    routers = _api_routers()
+    after = routers[routers.index(jobs.router) + 1]
+    jobs_routes = [r for r in routes if getattr(r, "original_router", None) is jobs.router]
+    out = []
+    for r in routes:
+        if getattr(r, "original_router", None) is after:
+            out.extend(jobs_routes)
+        if not any(r is j for j in jobs_routes):
+            out.append(r)
+    return out
 
 
 def _offline_docs(app: FastAPI, settings: Settings) -> None:
@@ -144,7 +179,7 @@ def _offline_docs(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
+                                 routes=_documented_order(app.routes))
             app.openapi_schema = problems.document_errors(document_job_bodies(schema, settings.caps()))
         return app.openapi_schema
 

@@ -40,12 +40,17 @@ _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
            503: "Service unavailable"}
 
 
+def service_problem(exc: ServiceError, instance: str) -> JSONResponse:
+    """The answer to a service error (404, 409, ...) of a request for ``instance`` (its path)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else getattr(exc, "headers", None)
+    return problem(exc.status, exc.title, exc.detail, type_=exc.type, instance=instance, headers=headers,
+                   **exc.extra)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else getattr(exc, "headers", None)
-        return problem(exc.status, exc.title, exc.detail, type_=exc.type, instance=request.url.path,
-                       headers=headers, **exc.extra)
+        return service_problem(exc, request.url.path)
 
     @app.exception_handler(DataError)
     async def _data(request: Request, exc: DataError) -> JSONResponse:

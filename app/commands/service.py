@@ -111,12 +111,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
     port: int = typer.Option(8000, help="Port"),
     migrate: bool = typer.Option(False, "--migrate", help="Run `db upgrade` first"),
+    workers: int | None = typer.Option(None, "--workers", min=1,
+                                       help="API processes (default APPRAISE_API_WORKERS; more than 1 needs "
+                                            "APPRAISE_WORKER_MODE=external)"),
 ) -> None:
     """Run the REST API (and, with APPRAISE_WORKER_MODE=embedded, the default, a worker in-process)."""
     import uvicorn
     from sqlalchemy import func, select
 
-    from app.api.main import create_app
     from app.api.observability import configure_logging
     from app.config import get_settings
     from app.db.migrate import SchemaNotCurrent, check_current, upgrade
@@ -126,6 +128,11 @@ def serve(
 
     configure_logging()
     settings = get_settings()
+    workers = workers or settings.api_workers
+    if workers > 1 and settings.worker_mode == "embedded":
+        raise UsageProblem(f"{workers} API processes would run {workers} embedded workers: set "
+                           "APPRAISE_WORKER_MODE=external and run `appraise worker` beside them (or serve with one "
+                           "API process)")
     if migrate:
         upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -138,11 +145,15 @@ def serve(
     finally:
         engine.dispose()
     stderr.print(f"Appraise API on http://{host}:{port} (docs: http://{host}:{port}/docs; database "
-                 f"{_safe(settings.database_url)}; worker {settings.worker_mode})")
+                 f"{_safe(settings.database_url)}; worker {settings.worker_mode}; "
+                 f"{workers} API process{'es' if workers > 1 else ''})")
     if not has_keys:
         stderr.print("No API keys yet. Create the first one (shown once) in another shell:\n"
                      "    appraise keys create --org YOUR-ORG --role admin")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,  # ours has ids
+    # by import path, so that each worker process builds its own app (from the same environment); uvloop and
+    # httptools where installed (uvicorn[standard]): the choices bench/service.py measures
+    uvicorn.run("app.api.main:served_app", factory=True, workers=workers, host=host, port=port, loop="auto",
+                log_level="info", access_log=False,  # ours has request ids
                 **server_limits(settings))
 
 

@@ -69,6 +69,15 @@ def finish_limiter(app) -> anyio.CapacityLimiter:
     return limiter
 
 
+def read_limiter(app) -> anyio.CapacityLimiter:
+    """The threads of the polled reads (``GET /jobs/{id}``): ``db_read_threads`` at a time per API process, the
+    others wait their turn in order."""
+    limiter = getattr(app.state, "read_limiter", None)
+    if limiter is None:
+        limiter = app.state.read_limiter = anyio.CapacityLimiter(app.state.settings.db_read_threads)
+    return limiter
+
+
 def get_blob_store(request: Request) -> BlobStore:
     """The app's one blob store (datasets, shares), made on first use."""
     store = getattr(request.app.state, "blob_store", None)

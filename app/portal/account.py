@@ -167,4 +167,5 @@ def revoke_key(key_id: str, request: Request, session: SessionDep, viewer: Viewe
     begin_write(session)
     keys_service.revoke_org_key(session, viewer.caller.org_id, key_id)
     session.commit()
+    request.app.state.auth_cache.forget_key(key_id)
     return redirect("/portal/keys", revoked=key_id)

@@ -13,15 +13,18 @@ Everyone else gets a 404, as for a job that does not exist.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import Connection, Select, String, and_, bindparam, case, cast, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import FunctionElement
 
 from app import queue
 from app.db.models import (
@@ -41,7 +44,12 @@ from app.db.session import begin_write
 from app.methods import METHODS, Caps, Method, Params, ParamsError
 from app.services.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.services.keys import Caller
-from app.services.listings import dataset_visible_for_valuation, withdrawn_from, withdrawn_message
+from app.services.listings import (
+    dataset_visible_for_valuation,
+    withdrawn_exists,
+    withdrawn_from,
+    withdrawn_message,
+)
 
 VALUE_ORDERS = ("value_desc", "value_asc", "index")
 #: per-point keys a result summary must never show the buyer (they are the sellers' rows)
@@ -313,6 +321,107 @@ def get_job_with_result(session: Session, caller: Caller, job_id: str) -> tuple[
     if job.status not in FINISHED_STATES or summary is None or withdrawn_from(session, job.org_id, [job.id]):
         return job, None
     return job, buyer_view(job.method, summary)
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A job as :func:`job_snapshot` read it: the attributes of :class:`Job` that ``JobOut`` shows."""
+
+    id: str
+    method: str
+    status: str
+    progress: float | None
+    progress_detail: dict[str, Any] | None
+    params: dict[str, Any] | None
+    resolved_params: dict[str, Any] | None
+    lane: str
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    last_error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    buyer_dataset_id: str | None
+    seller_dataset_ids: list[str | None]
+
+
+_SNAPSHOT_COLUMNS = (Job.id, Job.method, Job.status, Job.progress, Job.progress_detail, Job.params,
+                     Job.resolved_params, Job.lane, Job.attempts, Job.max_attempts, Job.cancel_requested,
+                     Job.last_error, Job.created_at, Job.started_at, Job.finished_at, Job.updated_at)
+#: the job's datasets in one column, ``role:position:id`` joined by ``,`` (ids are hex; a deleted dataset's
+#: id is empty): a text aggregate both databases have, so the job stays one row whatever its sellers
+class _joined(FunctionElement):
+    """``group_concat(text, ',')`` (SQLite), ``string_agg(text, ',')`` (Postgres): SQLAlchemy's own
+    ``aggregate_strings`` renders its separator again at every execution."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(_joined)
+def _joined_sqlite(element, compiler, **kw):
+    return f"group_concat({compiler.process(element.clauses, **kw)}, ',')"
+
+
+@compiles(_joined, "postgresql")
+def _joined_postgres(element, compiler, **kw):
+    return f"string_agg({compiler.process(element.clauses, **kw)}, ',')"
+
+
+_DATASETS = (
+    select(_joined(
+        JobDataset.role + ":" + cast(JobDataset.position, String) + ":" + func.coalesce(JobDataset.dataset_id, "")))
+    .where(JobDataset.job_id == Job.id,
+           or_(JobDataset.role == DatasetRole.BUYER, JobDataset.role == DatasetRole.SELLER))
+    .correlate(Job)
+    .scalar_subquery()
+)
+
+
+@functools.cache
+def _snapshot_statement() -> Select:
+    """:func:`job_snapshot`'s statement, built once (with bound parameters ``job_id`` and ``org_id``)."""
+    org_id = bindparam("org_id", type_=String)
+    # no IN (...): an expanding parameter is rendered again at every execution
+    finished = and_(or_(*(Job.status == s for s in FINISHED_STATES)), JobResult.job_id.is_not(None))
+    return (
+        select(*_SNAPSHOT_COLUMNS, _DATASETS.label("datasets"),
+               case((finished, JobResult.summary), else_=None).label("summary"),
+               case((finished, withdrawn_exists(Job.id, org_id)), else_=False).label("withheld"))
+        .outerjoin(JobResult, JobResult.job_id == Job.id)
+        .where(Job.id == bindparam("job_id", type_=String), Job.org_id == org_id)
+    )
+
+
+def job_snapshot(conn: Connection, caller: Caller, job_id: str) -> tuple[JobSnapshot, dict[str, Any] | None]:
+    """:func:`get_job_with_result` in one SQL statement on a Core connection, without the ORM: the job, its
+    datasets, its stored summary and whether a seller withdrew since (the endpoint clients poll: one round trip,
+    and one consistent read even outside a transaction)."""
+    row = conn.execute(_snapshot_statement(), {"job_id": job_id, "org_id": caller.org_id}).first()
+    if row is None:
+        raise _not_found_job(job_id)
+    *columns, datasets, summary, withheld = row
+    buyer, sellers = None, []
+    for part in sorted(_dataset_parts(datasets)):
+        if part[0] == DatasetRole.SELLER:
+            sellers.append(part[2])
+        elif buyer is None:
+            buyer = part[2]
+    job = JobSnapshot(*columns, buyer_dataset_id=buyer, seller_dataset_ids=sellers)
+    if summary is None or withheld:
+        return job, None
+    return job, buyer_view(job.method, summary)
+
+
+def _dataset_parts(joined: str | None) -> list[tuple[str, int, str | None]]:
+    out = []
+    for item in (joined or "").split(","):
+        if item:
+            role, position, dataset_id = item.split(":", 2)
+            out.append((role, int(position), dataset_id or None))
+    return out
 
 
 def no_result(session: Session, job: Job) -> Conflict:

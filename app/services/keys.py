@@ -139,10 +139,11 @@ def cached_caller(cache: AuthCache | None, key: str) -> Caller | None:
 
 class AuthCache:
     """Recently authenticated keys (by hash, never the key itself) → caller, for ``ttl`` seconds: a read-heavy
-    client (polling a job) costs no authentication query. A revoked key keeps working in a process for at most
-    ``ttl`` seconds."""
+    client (polling a job) costs one authentication query per ``ttl`` and process, not one per request. A revoked
+    key keeps working in another process for at most ``ttl`` seconds (in the process that revoked it, not at
+    all)."""
 
-    def __init__(self, ttl: float = 10.0, max_entries: int = 10_000) -> None:
+    def __init__(self, ttl: float = 2.0, max_entries: int = 10_000) -> None:
         self.ttl, self.max_entries = ttl, max_entries
         self._entries: dict[str, tuple[float, Caller]] = {}
         self._lock = threading.Lock()
@@ -158,6 +159,12 @@ class AuthCache:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
             self._entries[digest] = (time.monotonic() + self.ttl, caller)
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop a key revoked through this process (the others stop accepting it within ``ttl``)."""
+        with self._lock:
+            for digest in [d for d, (_, c) in self._entries.items() if c.key_id == key_id]:
+                del self._entries[digest]
 
 
 def _touch(session: Session, key_id: str, now) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, cast, delete, exists, func, or_, select
+from sqlalchemy import BindParameter, ColumnElement, String, and_, cast, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -46,7 +46,7 @@ def _open_to(caller: Caller) -> ColumnElement[bool]:
     return _open_to_org(caller.org_id)
 
 
-def _open_to_org(org_id: str) -> ColumnElement[bool]:
+def _open_to_org(org_id: str | BindParameter[str]) -> ColumnElement[bool]:
     named = exists().where(ListingBuyer.listing_id == Listing.id, ListingBuyer.buyer_org_id == org_id)
     return or_(Listing.public.is_(True), named)
 
@@ -61,10 +61,20 @@ def withdrawn_from(session: Session, org_id: str, job_ids: list[str]) -> dict[st
     rows = session.execute(
         select(JobDataset.job_id, Dataset.id)
         .join(Dataset, Dataset.id == JobDataset.dataset_id)
-        .where(JobDataset.job_id.in_(job_ids), Dataset.org_id != org_id,
-               ~exists().where(Listing.dataset_id == Dataset.id, _open_to_org(org_id)))
+        .where(JobDataset.job_id.in_(job_ids), *_withdrawn(org_id))
     ).all()
     return {job_id: dataset_id for job_id, dataset_id in rows}
+
+
+def _withdrawn(org_id: str | BindParameter[str]) -> tuple[ColumnElement[bool], ...]:
+    """:func:`withdrawn_from`'s condition on a ``JobDataset`` joined with its ``Dataset``."""
+    return Dataset.org_id != org_id, ~exists().where(Listing.dataset_id == Dataset.id, _open_to_org(org_id))
+
+
+def withdrawn_exists(job_id: ColumnElement[str], org_id: str | BindParameter[str]) -> ColumnElement[bool]:
+    """:func:`withdrawn_from` of one job as an SQL ``EXISTS`` (for a query that reads the job itself)."""
+    return (exists().where(JobDataset.job_id == job_id, Dataset.id == JobDataset.dataset_id, *_withdrawn(org_id))
+            .correlate_except(JobDataset, Dataset))
 
 
 def withdrawn_message(dataset_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -149,3 +150,68 @@ def test_keys_revoke_cli(tmp_path, monkeypatch, capsys):
         assert exc.value.code == 2 and "no API key with prefix" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
+
+
+def test_an_idle_pooled_connection_that_died_is_replaced_at_checkout(pg_url, monkeypatch):
+    """Postgres connections are pinged when they come out of the pool after sitting idle (not at every checkout,
+    as pool_pre_ping did): one whose server process went away meanwhile is replaced, the caller never sees it."""
+    from sqlalchemy import text
+
+    from app.db import session as db_session
+
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        admin = make_engine(pg_url)
+        with admin.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+        admin.dispose()
+        monkeypatch.setattr(db_session, "PING_AFTER_IDLE_SECONDS", 0.0)  # it has been idle "long enough"
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+        # used just now: no ping at checkout (a fast pool), and the connection still works
+        pings = []
+        monkeypatch.setattr(db_session, "PING_AFTER_IDLE_SECONDS", 3600.0)
+        monkeypatch.setattr(engine.dialect, "do_ping", lambda c: pings.append(c) or True)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        assert pings == []
+    finally:
+        engine.dispose()
+
+
+def test_the_jobs_routes_are_matched_first_and_documented_in_their_place(app):
+    from app.api import jobs
+
+    first = next(r for r in app.router.routes if hasattr(r, "original_router"))
+    assert first.original_router is jobs.router  # the polled GET /jobs/{id} is not tried after thirty others
+    paths = list(app.openapi()["paths"])
+    assert paths[0] == "/healthz"
+    assert paths.index("/api/v1/listings") < paths.index("/api/v1/jobs") < paths.index("/api/v1/shares")
+
+
+def test_a_key_revoked_through_the_api_stops_at_once_and_elsewhere_within_the_cache_ttl(client, make_org, settings):
+    from app.config import Settings
+    from app.db.session import transaction
+    from app.services.keys import AuthCache, revoke_key
+
+    assert Settings().auth_cache_seconds <= 2  # a revoked key stops working within about two seconds
+    admin = make_org("ops", "admin")
+    made = client.post("/api/v1/keys", headers=admin.headers, json={"name": "ci"}).json()
+    ci = {"Authorization": f"Bearer {made['key']}"}
+    assert client.get("/api/v1/whoami", headers=ci).status_code == 200  # now in this process's cache
+    assert client.delete(f"/api/v1/keys/{made['id']}", headers=admin.headers).status_code == 204
+    assert client.get("/api/v1/whoami", headers=ci).status_code == 401  # the process that revoked it: at once
+    # revoked by another process (the CLI, another API process): this one trusts its cache for its TTL only
+    client.app.state.auth_cache = AuthCache(ttl=0.5)
+    assert client.get("/api/v1/whoami", headers=admin.headers).status_code == 200
+    engine = make_engine(settings.database_url)
+    with transaction(session_factory(engine)) as s:
+        revoke_key(s, admin.key)
+    engine.dispose()
+    deadline = time.monotonic() + 5
+    while client.get("/api/v1/whoami", headers=admin.headers).status_code == 200:
+        assert time.monotonic() < deadline, "the revoked key kept working"
+        time.sleep(0.05)
+    assert time.monotonic() < deadline - 4  # within the TTL (0.5 s), give or take a request

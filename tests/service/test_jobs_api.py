@@ -13,7 +13,17 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db.base import utcnow
-from app.db.models import Dataset, IdempotencyRecord, Job, JobEvent, JobResult, Listing, ListingBuyer, PointValue
+from app.db.models import (
+    Dataset,
+    IdempotencyRecord,
+    Job,
+    JobDataset,
+    JobEvent,
+    JobResult,
+    Listing,
+    ListingBuyer,
+    PointValue,
+)
 from app.db.session import make_engine, session_factory, transaction
 
 PROBLEM = "application/problem+json"
@@ -271,6 +281,90 @@ def test_result_summary_when_succeeded_without_point_rows(client, world, db):
                               "sellers": [{"dataset_id": w["s_table"], "sum": 0.3, "mean": 0.15}]}
     listed = client.get(f"{API}/jobs", headers=w["buyer"].headers).json()["items"]
     assert listed[0]["result"] == done["result"]
+
+
+def test_the_polled_read_matches_the_orm_read(client, world, db):
+    """GET /jobs/{id} reads a job in one Core statement (app.services.jobs.job_snapshot); it shows what the ORM
+    read (get_job_with_result, used by every other route) shows, byte for byte: sellers in order, a deleted
+    seller's dataset as null, the summary once stored and finished, none while a seller's listing is withdrawn."""
+    from app.api.jobs import job_out
+    from app.db.session import read_connection
+    from app.services import jobs as service
+    from app.services.keys import Caller
+
+    w = world
+    sellers = [w["s2_table"], w["s_table"], w["s_unlisted"]]
+    list_to(db, w["seller"], w["s_unlisted"])
+    jid = submit(client, w["buyer"], "data-shapley", w["b_table"], sellers).json()["id"]
+    buyer = Caller(org_id=w["buyer"].id, org_name="buyer", role="buyer", key_id="-")
+    engine = db.kw["bind"]
+
+    def both() -> dict:
+        with db() as s:
+            orm = job_out(*service.get_job_with_result(s, buyer, jid)).model_dump_json()
+        with read_connection(engine) as conn:
+            core = job_out(*service.job_snapshot(conn, buyer, jid)).model_dump_json()
+        api = client.get(f"{API}/jobs/{jid}", headers=w["buyer"].headers)
+        assert api.status_code == 200 and api.headers["content-type"] == "application/json"
+        assert core == orm == api.text
+        return json.loads(core)
+
+    assert both()["seller_dataset_ids"] == sellers
+    summary = {"method": "data-shapley", "values": [0.1], "sellers": [{"dataset_id": w["s_table"], "sum": 0.3,
+                                                                       "values": [0.1]}]}
+    with transaction(db) as s:
+        s.add(JobResult(job_id=jid, summary=summary))
+    set_job(db, jid, status="running", progress=0.5, progress_detail={"permutations": 10},
+            last_error="Traceback\n  boom\nValueError: x", started_at=utcnow())
+    assert both()["result"] is None  # not finished: no summary yet
+    set_job(db, jid, status="succeeded", progress=1.0, finished_at=utcnow(), resolved_params={"seed": 1})
+    assert both()["result"] == {"method": "data-shapley", "sellers": [{"dataset_id": w["s_table"], "sum": 0.3}]}
+    with transaction(db) as s:  # the unlisted seller's listing is withdrawn: the result is withheld
+        s.execute(Listing.__table__.delete().where(Listing.dataset_id == w["s_unlisted"]))
+    assert both()["result"] is None
+    with transaction(db) as s:  # its dataset deleted since (its row in the job kept): null, nothing withheld
+        s.execute(JobDataset.__table__.update().where(JobDataset.dataset_id == w["s_unlisted"])
+                  .values(dataset_id=None))
+    got = both()
+    assert got["seller_dataset_ids"] == [w["s2_table"], w["s_table"], None] and got["result"] is not None
+    stranger = Caller(org_id=w["stranger"].id, org_name="stranger", role="buyer", key_id="-")
+    with read_connection(engine) as conn, pytest.raises(service.NotFound):
+        service.job_snapshot(conn, stranger, jid)
+
+
+def test_the_polled_read_answers_as_the_fastapi_route_does(client, world, db, monkeypatch):
+    """GET /jobs/{id} is answered by a middleware (app.api.jobs.PolledJobRead) unless the request has a query
+    string, so the same request with one goes through FastAPI's route: both answers are the same, 200 and 404,
+    headers included, and count under the same route in the request metrics."""
+    w = world
+    jid = submit(client, w["buyer"], "data-shapley", w["b_table"], [w["s_table"]]).json()["id"]
+    set_job(db, jid, status="running", progress=0.25)
+    from app.api.jobs import PolledJobRead
+
+    short_ways = []
+    read = PolledJobRead._read
+    monkeypatch.setattr(PolledJobRead, "_read", lambda self, *a: short_ways.append(a[3]) or read(self, *a))
+    cases = [(w["buyer"], jid), (w["stranger"], jid), (w["buyer"], "f" * 32), (w["seller"], jid)]
+    for org, job_id in cases:
+        short = client.get(f"{API}/jobs/{job_id}", headers=org.headers)
+        usual = client.get(f"{API}/jobs/{job_id}?via=fastapi", headers=org.headers)
+        assert short.status_code == usual.status_code in (200, 404)
+        assert short.content == usual.content
+        same = {k: v for k, v in short.headers.items() if k not in ("x-request-id", "date")}
+        assert same == {k: v for k, v in usual.headers.items() if k not in ("x-request-id", "date")}
+        assert short.headers["x-request-id"] and short.headers["cache-control"] == "no-store"
+    from prometheus_client import generate_latest
+
+    assert short_ways == [job_id for _, job_id in cases]  # the requests without a query string, and only those
+    metrics = generate_latest(client.app.state.metrics.registry).decode()
+    assert 'appraise_http_requests_total{method="GET",route="/jobs/{job_id}",status="200"} 2.0' in metrics
+    assert 'appraise_http_requests_total{method="GET",route="/jobs/{job_id}",status="404"} 6.0' in metrics
+    # what the short way leaves to FastAPI is answered as before
+    slash = client.get(f"{API}/jobs/{jid}/", headers=w["buyer"].headers, follow_redirects=False)
+    assert slash.status_code == 307 and slash.headers["location"].endswith(f"/jobs/{jid}")
+    assert client.get(f"{API}/jobs/a%00b", headers=w["buyer"].headers).status_code == 422
+    assert client.get(f"{API}/jobs/{jid}").status_code == 401
+    assert client.post(f"{API}/jobs/{jid}", headers=w["buyer"].headers).status_code == 405
 
 
 def test_cross_org_404_matrix(client, world, db):
