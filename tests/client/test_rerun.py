@@ -111,6 +111,9 @@ def test_an_interrupted_submit_wait_is_picked_up_by_a_rerun(server, tmp_path, ca
         "  - {file: cand_a.csv, label_column: label}\n"
         "  - {file: cand_b.csv, label_column: label}\n"
         "jobs:\n"
+        # runs its 5 s budget: the batch is still going when the wait is interrupted, however fast the others are
+        "  - {method: data-shapley, params: {estimator: banzhaf, max_permutations: 100000, relative_change: null,"
+        " time_budget: 5, seed: 2}}\n"
         "  - {method: knn-shapley, params: {k: 3}}\n"
         "  - {method: data-shapley, params: {max_permutations: 150, seed: 1}}\n"
         f"webhook: {{url: '{receiver.url}', secret_env: HOOK_SECRET}}\n")
@@ -140,7 +143,7 @@ def test_an_interrupted_submit_wait_is_picked_up_by_a_rerun(server, tmp_path, ca
         assert out["created"] is False and out["batch"]["id"] == batch_id and out["batch"]["status"] == "succeeded"
         assert all(f["existing"] for f in out["files"]) and len(out["files"]) == 3
         with AppraiseClient(server.url, key) as api:
-            assert (api.list_batches().total, api.list_jobs().total, api.list_datasets().total) == (1, 2, 3)
+            assert (api.list_batches().total, api.list_jobs().total, api.list_datasets().total) == (1, 3, 3)
             _wait_for(lambda: api.batch_deliveries(batch_id) and
                       api.batch_deliveries(batch_id)[0].status == "delivered", 60, "the webhook delivery")
         print("batch status when interrupted:", at_interrupt)
@@ -156,7 +159,7 @@ def test_an_interrupted_submit_wait_is_picked_up_by_a_rerun(server, tmp_path, ca
     assert res.code == 0, res.err
     from app.cli import main
 
-    jobs = {j["method"]: j["id"] for j in out["batch"]["jobs"]}
+    jobs = {j["method"]: j["id"] for j in out["batch"]["jobs"]}  # the last data-shapley job: the CLI's params
     for method, extra in (("knn-shapley", ["--k", "3"]), ("data-shapley", ["--max-permutations", "150", "--seed",
                                                                             "1"])):
         capsys.readouterr()

@@ -72,7 +72,8 @@ def test_a_monte_carlo_job_at_its_time_budget_keeps_its_values(embedded, tmp_pat
     b = upload(client, buyer, write_table(tmp_path / "valid.csv", 60, 0))["id"]
     s = listed(client, seller, upload(client, seller, write_table(tmp_path / "train.csv", 40, 1))["id"])
     job = submit(client, buyer, "data-shapley", b, [s], {"max_permutations": 100_000, "truncation": 0.0,
-                                                         "batch_size": 4, "time_budget": 3.0}).json()
+                                                         "batch_size": 4, "time_budget": 3.0,
+                                                         "relative_change": None}).json()  # only the budget stops
     job = _wait(client, buyer, job["id"], lambda j: j["status"] not in ("queued", "running"), what="the budget")
     assert job["status"] == "succeeded"
     result = job["result"]
