@@ -94,3 +94,25 @@ def test_a_data_oob_job_checkpoints_and_resumes_to_the_same_values(files):
     assert len(states) == 4
     resumed = method.run(inputs, params, RunContext(resume=states[1]))
     assert resumed["values"] == whole["values"] and resumed["models"] == whole["models"] == 32
+
+
+def test_a_data_shapley_job_resumes_a_checkpoint_with_its_own_batch_size(files, monkeypatch):
+    """Batches are evened out to the budget (12 in batches of 8 run as 2 × 6); a checkpoint written with another
+    batch size (by the version before that) is resumed with its own, to the values that version would give."""
+    import app.methods.montecarlo as montecarlo
+
+    method = METHODS["data-shapley"]
+    inputs = Inputs(DataRef.of_path(files[0]), [DataRef.of_path(files[1])])
+    params = method.validate({"max_permutations": 12, "batch_size": 8, "seed": 3, "workers": 1,
+                              "relative_change": None})
+    states: list[dict] = []
+    evened = method.run(inputs, params, RunContext(checkpoint=states.append))
+    assert evened["permutations"] == 12 and states[-1]["params"]["batch_size"] == 6  # 2 × 6, not 2 × 8 = 16
+
+    with monkeypatch.context() as m:  # the earlier version: batches as asked
+        m.setattr(montecarlo, "even_batch_size", lambda budget, size, resume=None: size)
+        old: list[dict] = []
+        uneven = method.run(inputs, params, RunContext(checkpoint=old.append))
+    assert uneven["permutations"] == 16 and old[0]["params"]["batch_size"] == 8 and old[0]["batches_done"] == 1
+    resumed = method.run(inputs, params, RunContext(resume=old[0]))
+    assert resumed["permutations"] == 16 and resumed["values"] == uneven["values"]

@@ -44,10 +44,14 @@ def stopping(p: ModelParams, ctx: RunContext, estimator: str, n_players: int,
     return rule | StopRequested(ctx.stop_requested)
 
 
-def even_batch_size(max_permutations: int, batch_size: int) -> int:
+def even_batch_size(max_permutations: int, batch_size: int, resume: dict | None = None) -> int:
     """Permutations per batch: about ``batch_size``, evened out so that the permutation budget is a whole number
     of batches (200 permutations in batches of 64 run as 4 × 50, not 4 × 64 = 256), so a run does not overshoot
-    its budget by most of a batch, and its batches spread evenly over workers."""
+    its budget by most of a batch, and its batches spread evenly over workers. A run resuming a checkpoint keeps
+    the checkpoint's batch size (one written before batches were evened out may differ)."""
+    kept = ((resume or {}).get("params") or {}).get("batch_size")
+    if isinstance(kept, int) and not isinstance(kept, bool) and kept >= 1:
+        return kept
     batches = max(1, math.ceil(max_permutations / max(1, batch_size)))
     return math.ceil(max_permutations / batches)
 

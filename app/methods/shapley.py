@@ -174,7 +174,7 @@ def run_data_shapley(inputs: Inputs, p: DataShapleyParams, ctx: RunContext) -> d
     if p.estimator == "exact":
         result = exact_shapley(utility, progress=progress)
     else:
-        batch = even_batch_size(p.max_permutations, p.batch_size)
+        batch = even_batch_size(p.max_permutations, p.batch_size, ctx.resume)
         batches = None if p.estimator == "banzhaf" else math.ceil(p.max_permutations / batch)
         executor = job_executor(p, ctx, max_batches=batches)
         mc = dict(seed=p.seed, stop=stopping(p, ctx, p.estimator, utility.n_players, p.stderr_target),
@@ -231,7 +231,7 @@ def run_seller_shapley(inputs: Inputs, p: SellerShapleyParams, ctx: RunContext) 
     groups = np.repeat(np.arange(len(parts)), [len(q.y) for q in parts])
     utility = SellerUtility(points, groups, n_sellers=len(parts))
     mc = len(parts) > EXACT_MAX_SELLERS
-    batch = even_batch_size(p.max_permutations, p.batch_size)
+    batch = even_batch_size(p.max_permutations, p.batch_size, ctx.resume if mc else None)
     executor = job_executor(p, ctx, max_batches=math.ceil(p.max_permutations / batch)) if mc else None
     result = seller_shapley(utility, seed=p.seed, stop=stopping(p, ctx, "seller", len(parts), None),
                             batch_size=batch,
