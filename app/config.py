@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     max_threads: int = Field(max(os.cpu_count() or 1, 1), ge=1, description="CPU threads a job may use")
     max_batch_size: int = Field(4096, ge=1, description="Permutations (or subsets) per Monte Carlo batch")
     max_workers: int = Field(64, ge=1, description="Batches one Monte Carlo job may compute at once (`workers`: "
-                                                   "local processes or Ray tasks)")
+                                                   "local processes or Ray actors)")
     max_subsample: int = Field(1_000_000, ge=2, description="Embedding rows each party may send (graphs)")
     max_replicates: int = Field(2000, ge=0, description="Bootstrap replicates a relevance-diversity job may ask "
                                 "for (each costs a small eigenproblem per seller)")

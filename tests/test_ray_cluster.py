@@ -1,6 +1,6 @@
 """A two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``, one CPU a node): a Ray worker killed
 mid-job has its batch retried and the values equal an uninterrupted run; early stopping and a cancel leave no
-Ray task running."""
+Ray actor running."""
 
 from __future__ import annotations
 

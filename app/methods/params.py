@@ -159,9 +159,9 @@ class ExecutorParams(Params):
 
     executor: Literal["local", "ray"] = Field(
         "local", description="Where Monte Carlo batches run: local (worker processes on this machine) or ray (Ray "
-                             "tasks); the same seed gives the same values with either and any number of workers")
+                             "actors); the same seed gives the same values with either and any number of workers")
     workers: int | None = Field(None, ge=1, le=1024, description="Batches computed at once: local processes "
-                                "(default one per core, at most one per batch; 1: this process) or Ray tasks "
+                                "(default one per core, at most one per batch; 1: this process) or Ray actors "
                                 "(default: every CPU of the cluster)",
                                 json_schema_extra=capped("max_workers"))
     ray_address: str | None = Field(None, min_length=1, max_length=500,

@@ -1,4 +1,4 @@
-r"""Where a Monte Carlo run's batches are computed: in this process, in N local processes, or as Ray tasks.
+r"""Where a Monte Carlo run's batches are computed: in this process, in N local processes, or on Ray actors.
 
 Every batch is a pure function of (seed, batch index) (:mod:`app.valuation.shapley.engine`), so batches may be
 computed anywhere and in any order. An executor hands back the batches' statistics **in batch-index order**;

@@ -1,5 +1,5 @@
 """Executors: the same seed gives the same values (to the last bit) in this process, in 1 or 2 local worker
-processes and as Ray tasks on 2 CPUs, for TMC, Beta, Banzhaf (MSR) and seller-level Shapley; stopping rules
+processes and on Ray actors on 2 CPUs, for TMC, Beta, Banzhaf (MSR) and seller-level Shapley; stopping rules
 that fire mid-window give the serial run's stop point."""
 
 from __future__ import annotations
