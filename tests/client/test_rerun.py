@@ -128,7 +128,15 @@ def test_an_interrupted_submit_wait_is_picked_up_by_a_rerun(server, tmp_path, ca
                 lines.append(line)
             batch_id = next(ln for ln in lines if ln.startswith("batch ")).split()[1]
             proc.send_signal(signal.SIGINT)  # Ctrl-C while it waits
-            _, err = proc.communicate(timeout=60)
+            # the rest through the same reader (communicate() reads the pipe itself and would miss what that
+            # reader has buffered already); the timer ends a client that hangs
+            guard = threading.Timer(60, proc.kill)
+            guard.start()
+            try:
+                err = proc.stderr.read()
+                proc.wait(timeout=60)
+            finally:
+                guard.cancel()
         finally:
             if proc.poll() is None:
                 proc.kill()
