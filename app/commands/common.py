@@ -20,7 +20,10 @@ class UsageProblem(Exception):
 
 
 def parse_device(device: str) -> str:
-    """``cpu`` or ``cuda:N``, checked against this machine (imports torch)."""
+    """``cpu`` or ``cuda:N``, checked against this machine (imports torch, except for ``cpu``: a CPU run of a
+    method that needs no torch never loads it)."""
+    if device.strip().lower() == "cpu":
+        return "cpu"
     import torch
 
     try:

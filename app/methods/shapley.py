@@ -23,6 +23,7 @@ from app.methods.results import provenance, result_object, seller_entry, value_s
 from app.valuation import defaults
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 Model = Literal["logistic", "ridge", "mlp", "knn", "sgc", "wwl"]
@@ -117,13 +118,22 @@ def convergence(result) -> dict[str, Any]:
             "not_converged": result.not_converged, "utility_counts": dict(result.utility_counts)}
 
 
-def point_entries(sellers: list[DataRef], sizes: list[int], values: torch.Tensor,
-                  stderrs: torch.Tensor | None) -> list[dict[str, Any]]:
+def as_numpy(a: torch.Tensor | np.ndarray) -> np.ndarray:
+    """float64 numpy values from a tensor on any device or an array (a torch-free run never imports torch)."""
+    import numpy as np
+
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def point_entries(sellers: list[DataRef], sizes: list[int], values: torch.Tensor | np.ndarray,
+                  stderrs: torch.Tensor | np.ndarray | None) -> list[dict[str, Any]]:
     """One entry per seller: its points' values and standard errors (input order), their sum and statistics."""
     import numpy as np
 
-    v_all = values.detach().cpu().double().numpy()
-    se_all = None if stderrs is None else stderrs.detach().cpu().double().numpy()
+    v_all = as_numpy(values)
+    se_all = None if stderrs is None else as_numpy(stderrs)
     entries, start = [], 0
     for ref, size in zip(sellers, sizes, strict=True):
         v = v_all[start:start + size]
@@ -142,23 +152,30 @@ def point_entries(sellers: list[DataRef], sizes: list[int], values: torch.Tensor
 REMOVAL_FRACTIONS = tuple(i / 20 for i in range(11))  # 0%, 5%, ..., 50%
 
 
-def removal_curve(utility, values: torch.Tensor) -> dict[str, Any]:
+def removal_curve(utility, values: torch.Tensor | np.ndarray) -> dict[str, Any]:
     """The buyer's validation score of the model retrained without the highest-valued (and, for contrast, the
     lowest-valued) ⌊f·n⌋ seller points, for f in :data:`REMOVAL_FRACTIONS`: good values make the first curve fall
-    fast and the second one hold or rise."""
-    import torch
+    fast and the second one hold or rise. ``utility``: a torch :class:`Utility` (boolean mask tensors in) or a
+    numpy scorer (``values(masks)`` on boolean arrays, and a ``metric``)."""
+    import numpy as np
 
-    v = values.detach().cpu().double()
+    v = as_numpy(values)
     n = v.shape[0]
-    order = torch.argsort(-torch.nan_to_num(v, nan=float("-inf")), stable=True)
+    order = np.argsort(-np.nan_to_num(v, nan=-np.inf), kind="stable")
     removed = [int(f * n) for f in REMOVAL_FRACTIONS]
-    masks = torch.ones((2 * len(removed), n), dtype=torch.bool)
+    masks = np.ones((2 * len(removed), n), dtype=bool)
     for i, k in enumerate(removed):
         masks[i, order[:k]] = False
         masks[len(removed) + i, order[n - k:] if k else order[:0]] = False
-    scores = utility.values(masks).detach().cpu().double().tolist()
+    if hasattr(utility, "describe"):  # a torch utility
+        import torch
+
+        scores = as_numpy(utility.values(torch.from_numpy(masks))).tolist()
+        metric = utility.describe().get("metric", "score")
+    else:
+        scores, metric = as_numpy(utility.values(masks)).tolist(), utility.metric
     return {"fractions": list(REMOVAL_FRACTIONS), "removed": removed, "highest_first": scores[:len(removed)],
-            "lowest_first": scores[len(removed):], "metric": utility.describe().get("metric", "score")}
+            "lowest_first": scores[len(removed):], "metric": metric}
 
 
 # --- data-shapley ------------------------------------------------------------------------------------------------
@@ -201,21 +218,32 @@ def run_knn_shapley(inputs: Inputs, p: KnnShapleyParams, ctx: RunContext) -> dic
     import numpy as np
 
     from app.methods.context import Progress
-    from app.valuation.shapley.knn import knn_full_utility, knn_shapley
 
     val, parts, _ = load_labelled(inputs, ModelParams(model="knn", k=p.k, label_column=p.label_column), ctx)
     x, y = np.concatenate([q.x for q in parts]), pooled_labels(parts)
     ctx.progress(Progress(0.0, "knn", f"{len(y):,} points, {len(val.y):,} queries"))
-    values = knn_shapley(x, y, val.x, val.y, p.k, device=ctx.device)
-    entries = point_entries(inputs.sellers, [len(q.y) for q in parts], values, None)
-    from app.valuation.shapley.utilities import ModelConfig, ModelUtility
+    if ctx.device == "cpu":  # one numpy pass gives the values, U(N) and the neighbours the removal curve needs
+        from app.valuation.shapley.knn_cpu import knn_scan
 
-    classifier = ModelUtility(x, y, val.x, val.y, config=ModelConfig(model="knn", k=p.k), device=ctx.device)
+        values, u_full, scorer = knn_scan(x, y, val.x, val.y, p.k, keep=KNN_KEEP)
+    else:
+        from app.valuation.shapley.knn import knn_full_utility, knn_shapley
+        from app.valuation.shapley.utilities import ModelConfig, ModelUtility
+
+        values = knn_shapley(x, y, val.x, val.y, p.k, device=ctx.device)
+        u_full = knn_full_utility(x, y, val.x, val.y, p.k, device=ctx.device)
+        scorer = ModelUtility(x, y, val.x, val.y, config=ModelConfig(model="knn", k=p.k), device=ctx.device)
+    entries = point_entries(inputs.sellers, [len(q.y) for q in parts], values, None)
     return result_object(
         "knn-shapley", entries, buyer=inputs.buyer.name,
         utility={"model": "knn", "metric": "fraction of the K nearest with the validation label", "k": p.k},
-        u_full=knn_full_utility(x, y, val.x, val.y, p.k, device=ctx.device), u_empty=0.0, estimator="exact-knn",
-        removal_curve=removal_curve(classifier, values), provenance=provenance("knn-shapley", p, inputs))
+        u_full=u_full, u_empty=0.0, estimator="exact-knn",
+        removal_curve=removal_curve(scorer, values), provenance=provenance("knn-shapley", p, inputs))
+
+
+#: nearest training points kept per validation point for the removal curve (a row with too few left after a
+#: removal is ranked again)
+KNN_KEEP = 256
 
 
 # --- seller-shapley ----------------------------------------------------------------------------------------------

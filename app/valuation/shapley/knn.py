@@ -24,8 +24,9 @@ Distances: squared Euclidean, ‖v‖² − 2 v·t + ‖t‖² in float64 (one m
 points), negatives from rounding clamped to 0. Ranking packs each (distance, index) pair into one int64 key —
 the bit pattern of a non-negative float64 orders like the float, so its top 63 − ⌈log2 n⌉ bits (a 35-bit
 mantissa for n ≤ 131072) go above the index — and one sort of unique keys gives the index-tie-broken order.
-On CPU that sort is numpy's SIMD sort (threads over rows), elsewhere ``torch.sort``: the only device-specific
-line; keys are unique, so both give the same order. Distances equal in those top bits count as tied;
+On CPU :func:`knn_shapley` runs the numpy scan of :mod:`knn_cpu` (the same keys, sort and sums, a block of rows
+at a time in cache, threads over blocks); on other devices the torch code below with ``torch.sort``; keys are
+unique, so both give the same order. Distances equal in those top bits count as tied;
 ``exact=True`` ranks the full float64 distances with a stable ``argsort`` instead (slower).
 """
 
@@ -38,6 +39,7 @@ import torch
 
 from app.valuation.errors import ValuationError
 from app.valuation.shapley.base import Utility
+from app.valuation.shapley.knn_cpu import knn_shapley_cpu
 from app.valuation.shapley.metrics import encode_labels
 
 #: memory for the temporaries of one chunk of validation points (bytes)
@@ -191,10 +193,25 @@ def knn_shapley(
 
     ``chunk_size`` validation points are processed at once (default: as many as fit in ~256 MiB of
     temporaries). ``exact``: rank on full float64 distances with a stable argsort (see :func:`rank_order`).
+    On the CPU this is :func:`knn_cpu.knn_shapley_cpu` (the same values, faster); elsewhere
+    :func:`knn_shapley_torch`.
     """
     if k < 1:
         raise ValuationError(f"K must be at least 1, got {k}")
     dev = torch.device(device) if device is not None else torch.as_tensor(x_train).device
+    if dev.type != "cpu":
+        return knn_shapley_torch(x_train, y_train, x_val, y_val, k, device=dev, exact=exact, chunk_size=chunk_size)
+    arrays = [a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a for a in (x_train, y_train, x_val, y_val)]
+    return torch.from_numpy(knn_shapley_cpu(*arrays, k, exact=exact, threads=torch.get_num_threads(),
+                                            block_rows=chunk_size))
+
+
+def knn_shapley_torch(x_train, y_train, x_val, y_val, k: int = 5, *, device: str | torch.device = "cpu",
+                      exact: bool = False, chunk_size: int | None = None) -> torch.Tensor:
+    """:func:`knn_shapley` in torch ops on any device (the CUDA path; tested against the numpy scan on the CPU)."""
+    if k < 1:
+        raise ValuationError(f"K must be at least 1, got {k}")
+    dev = torch.device(device)
     xt, yt, xv, yv = _checked_inputs(x_train, y_train, x_val, y_val, dev)
     n, m = xt.shape[0], xv.shape[0]
     if n == 0:

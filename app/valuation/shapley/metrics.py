@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from app.valuation.errors import ValuationError
+from app.valuation.labels import encode_label_arrays
 
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1")
 REGRESSION_METRICS = ("r2", "neg_mse")
@@ -36,24 +37,9 @@ def encode_labels(*labels: np.ndarray | torch.Tensor | list) -> tuple[np.ndarray
     Classes are the sorted union of the labels in all arrays (numbers sort numerically; anything else is
     compared as text). Returns ``(classes, [int64 index tensor per array])`` on CPU.
     """
-    arrays = []
-    for y in labels:
-        a = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-        arrays.append(a.reshape(-1))
-    numeric = all(a.dtype.kind in "iufb" for a in arrays)
-    if numeric:
-        joined = np.concatenate(arrays)
-        if joined.dtype.kind == "f" and not np.isfinite(joined).all():
-            raise ValuationError("labels must be finite (no NaN)")
-    else:
-        joined = np.concatenate([a.astype(str) for a in arrays])
-    classes, inverse = np.unique(joined, return_inverse=True)
-    codes = []
-    start = 0
-    for a in arrays:
-        codes.append(torch.as_tensor(inverse[start : start + a.shape[0]].astype(np.int64)))
-        start += a.shape[0]
-    return classes, codes
+    arrays = [y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y for y in labels]
+    classes, codes = encode_label_arrays(*arrays)
+    return classes, [torch.from_numpy(c) for c in codes]
 
 
 def _check(pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
