@@ -20,13 +20,12 @@ permutation seeds (``--seeds``) it runs, one core each:
   threads=1)``, batches of min(``--batch``, P) permutations (50: 200 permutations are 4 whole batches); the
   time of that call (torch warmed up by a small run first).
 - **Appraise whole process**: ``python -m app.cli value data-shapley --buyer B.csv --seller S.csv
-  --max-permutations P --seed s --truncation rtol --batch-size B --missing-classes fit_present
+  --max-permutations P --seed s --truncation rtol --batch-size B --missing-classes fit_present --patience 0
   --relative-change 1e-9 --threads 1 --workers 1 --no-progress --json``; the wall time of the process (imports,
   reading the CSVs, the run, the removal curve the CLI adds, the JSON). B is the in-process batch (the CLI's
   default is 64: asked for 200 it would run 256). ``--relative-change 1e-9`` keeps the
-  default convergence stop from ending the run before the budget (pyDVL runs the whole budget). The CLI has no
-  patience option: its truncation uses the library default, patience 5 (truncate after 6 close prefixes in a
-  row), so it evaluates more prefixes per permutation than pyDVL's rule and the in-process run.
+  default convergence stop from ending the run before the budget (pyDVL runs the whole budget). ``--patience 0``
+  is pyDVL's truncation rule (the CLI's default, 5, waits for 6 close prefixes in a row).
 - **Appraise whole process, default workers**: the same command without ``--workers`` (the row names the workers
   the JSON's ``executor`` reports), to show the default on this machine.
 - **pyDVL in-process** (the peer's own timer around ``valuation.fit``) and **pyDVL whole process** (the wall time
@@ -196,7 +195,7 @@ def appraise_process(buyer: Path, seller: Path, perms: int, seed: int, rtol: flo
     cmd = [sys.executable, "-m", "app.cli", "value", "data-shapley", "--buyer", str(buyer), "--seller", str(seller),
            "--max-permutations", str(perms), "--seed", str(seed), "--truncation", str(rtol),
            "--batch-size", str(batch), "--missing-classes", missing_classes, "--relative-change", "1e-9",
-           "--threads", "1", "--no-progress", "--json"]
+           "--patience", "0", "--threads", "1", "--no-progress", "--json"]
     if workers is not None:
         cmd[-2:-2] = ["--workers", str(workers)]
     env = dict(os.environ)

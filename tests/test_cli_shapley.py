@@ -67,6 +67,33 @@ def test_data_shapley_tmc_same_seed_same_values_and_out_file(files, tmp_path, ca
     assert table["index"] == list(range(6))
 
 
+def test_patience_is_the_truncation_rule_of_the_library(files, capsys):
+    """``--patience 0`` truncates a permutation at its first close prefix (pyDVL's rule): the CLI's values equal
+    the library's tmc_shapley with patience 0 on the same utility and seed, and it fits fewer models than the
+    default patience."""
+    from app.valuation.shapley.montecarlo import tmc_shapley
+    from app.valuation.shapley.stopping import MaxPermutations
+    from app.valuation.shapley.utilities import ModelUtility
+
+    valid, s1, s2, _ = files
+    seller = pd.concat([pd.read_csv(s1), pd.read_csv(s2)])
+    argv = ["value", "data-shapley", "--buyer", str(valid), "--seller", str(s1), "--seller", str(s2),
+            "--max-permutations", "24", "--batch-size", "8", "--seed", "4", "--relative-change", "1e-9",
+            "--workers", "1", "--json"]
+    quick = json.loads(run([*argv, "--patience", "0"], capsys)[1])
+    default = json.loads(run(argv, capsys)[1])
+    assert quick["params"]["patience"] == 0 and default["params"]["patience"] == 5
+    assert quick["utility_counts"]["models_fitted"] < default["utility_counts"]["models_fitted"]
+    frame = pd.read_csv(valid)
+    u = ModelUtility(seller[["a", "b", "c"]].to_numpy(), seller["label"].to_numpy(), frame[["a", "b", "c"]].to_numpy(),
+                     frame["label"].to_numpy())
+    lib = tmc_shapley(u, seed=4, stop=MaxPermutations(24), truncation=0.01, patience=0, batch_size=8)
+    got = np.concatenate([s["values"] for s in quick["sellers"]])
+    np.testing.assert_allclose(got, lib.values.numpy(), atol=1e-9, rtol=0)
+    code, _, err = run([*argv, "--patience", "-1"], capsys)
+    assert code == EXIT_USER_ERROR and "patience" in err
+
+
 def test_knn_shapley_json_matches_the_library(files, capsys):
     valid, s1, s2, _ = files
     code, out, _ = run(["value", "knn-shapley", "--buyer", str(valid), "--seller", str(s1), "--seller", str(s2),

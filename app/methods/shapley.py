@@ -73,6 +73,9 @@ class DataShapleyParams(ModelParams):
         description="Stop when every point's standard error is below (values are accuracy differences: at most 1)")
     truncation: float = Field(defaults.TRUNCATION, ge=0, le=1,
                               description="TMC truncation tolerance (relative; 0 disables)")
+    patience: int = Field(defaults.PATIENCE, ge=0, le=10_000,
+                          description="TMC truncation: a permutation is truncated once more than this many "
+                                      "prefixes in a row are within tolerance (0: at the first, pyDVL's rule)")
 
 
 class SellerShapleyParams(ModelParams):
@@ -197,7 +200,8 @@ def run_data_shapley(inputs: Inputs, p: DataShapleyParams, ctx: RunContext) -> d
         mc = dict(seed=p.seed, stop=stopping(p, ctx, p.estimator, utility.n_players, p.stderr_target),
                   progress=progress, checkpoint=ctx.checkpoint, resume_from=ctx.resume, executor=executor)
         if p.estimator == "tmc":
-            result = tmc_shapley(utility, truncation=p.truncation or None, batch_size=batch, **mc)
+            result = tmc_shapley(utility, truncation=p.truncation or None, patience=p.patience, batch_size=batch,
+                                 **mc)
         elif p.estimator == "beta":
             result = beta_shapley(utility, p.beta_alpha, p.beta_beta, batch_size=batch, **mc)
         else:

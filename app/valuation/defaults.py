@@ -39,8 +39,10 @@ CONVERGENCE_WINDOW = 100
 #: Shapley utilities: a coalition with no point, or whose points all carry one class, scores as the majority class
 #: of the validation labels (Data Shapley's rule)
 MISSING_CLASSES = "majority"
-#: TMC: relative truncation tolerance (0 disables truncation)
+#: TMC: relative truncation tolerance (0 disables truncation), and how many prefixes in a row past the first
+#: within tolerance a permutation waits before it is truncated (0: at the first, pyDVL's rule)
 TRUNCATION = 0.01
+PATIENCE = 5
 #: Monte Carlo Shapley: permutations (or subsets) per batch (a batch is one seeded, mergeable unit of work)
 BATCH_SIZE = 64
 #: Beta Shapley's (α, β): the paper's default up-weights small coalitions
