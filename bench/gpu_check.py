@@ -7,7 +7,8 @@
    ``--tmc-budget`` seconds: time, permutations, max standard error, stop reason.
 3. Exact KNN-Shapley, 100,000 seller points × 1,000 validation points, d = 32: device vs CPU, max |Δvalue|.
 4. Data-OOB on 1,000,000 rows (d = 10, 10% flipped labels), 64 trees over every CPU core (local executor; the
-   trees are scikit-learn's, CPU only): time and the flipped labels' AUC.
+   trees are scikit-learn's, CPU only): time and the flipped labels' AUC; and 64 logistic models on the device
+   (``model="logistic"``, batches of 16 fitted at once; d = 100 on a GPU).
 
 Prints one Markdown table and, with ``--json``, the rows. On a machine without CUDA use ``--device cpu --quick``
 to check the script itself (small sizes).
@@ -99,8 +100,9 @@ def knn(n: int, m: int, device: str, skip_cpu: bool) -> list[dict]:
     return rows
 
 
-def data_oob_check(rows: int, models: int) -> list[dict]:
-    """Data-OOB (CPU: scikit-learn trees) over every core with the local executor; its AUC on 10% flipped labels."""
+def data_oob_check(rows: int, models: int, device: str) -> list[dict]:
+    """Data-OOB: scikit-learn trees over every CPU core with the local executor, then logistic models on the
+    device; each one's AUC on 10% flipped labels."""
     import os
 
     from sklearn.datasets import make_classification
@@ -116,8 +118,16 @@ def data_oob_check(rows: int, models: int) -> list[dict]:
     r, wall = timed("cpu", lambda: data_oob(x, y, n_models=models, batch_size=max(1, models // workers),
                                             executor=LocalExecutor(workers)))
     auc = roc_auc_score(flip, -np.nan_to_num(r.values, nan=1.0))
-    return [{"check": f"Data-OOB {rows:,} rows, d = 10, {models} trees", "device": f"cpu × {workers} processes",
-             "seconds": wall, "detail": f"AUC flipped labels {auc:.3f}; {wall / models * workers:.2f} s a tree"}]
+    out = [{"check": f"Data-OOB {rows:,} rows, d = 10, {models} trees", "device": f"cpu × {workers} processes",
+            "seconds": wall, "detail": f"AUC flipped labels {auc:.3f}; {wall / models * workers:.2f} s a tree"}]
+    d = 100 if device.startswith("cuda") else 10
+    x, y = make_classification(n_samples=rows, n_features=d, n_informative=d // 2, n_redundant=0, random_state=0)
+    y = np.where(flip, 1 - y, y)
+    r, wall = timed(device, lambda: data_oob(x, y, n_models=models, batch_size=16, model="logistic", device=device))
+    auc = roc_auc_score(flip, -np.nan_to_num(r.values, nan=1.0))
+    out.append({"check": f"Data-OOB {rows:,} rows, d = {d}, {models} logistic models", "device": device,
+                "seconds": wall, "detail": f"AUC flipped labels {auc:.3f}; batches of 16 models"})
+    return out
 
 
 def main() -> None:
@@ -136,7 +146,7 @@ def main() -> None:
     rows += structural(100_000 if big else 3_000, 1_000_000 if big else 30_000, a.device, a.skip_cpu)
     rows += tmc(10_000 if big else 300, 500 if big else 100, a.device, a.se_target, a.tmc_budget if big else 10.0)
     rows += knn(100_000 if big else 5_000, 1_000 if big else 100, a.device, a.skip_cpu)
-    rows += data_oob_check(1_000_000 if big else 10_000, 64 if big else 8)
+    rows += data_oob_check(1_000_000 if big else 10_000, 64 if big else 16, a.device)
     name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu"
     print(f"\ndevice: {a.device} ({name}); torch {torch.__version__}; CPU threads {torch.get_num_threads()}\n")
     print("| check | device | seconds | detail |\n|---|---|---:|---|")

@@ -11,8 +11,16 @@ with standard error :math:`\sqrt{\psi_i(1-\psi_i)/c_i}` over its :math:`c_i` out
 that no model left out). A mislabelled point is predicted "wrongly" by models that never saw it, so it gets a low
 value: the cheap per-point value for large sellers (B model fits, against Data Shapley's thousands).
 
-The models are scikit-learn decision trees, the paper's random-forest members (``max_depth`` levels, √d random
-features per split), fitted on ``x[S_b]``, model b with ``random_state=b`` (its features' draws). Models come in
+The models (``model``):
+
+- ``tree`` (default): scikit-learn decision trees, the paper's random-forest members (``max_depth`` levels, √d
+  random features per split), fitted on ``x[S_b]``, model b with ``random_state=b`` (its features' draws); CPU.
+- ``logistic``: L2 logistic regressions (scikit-learn's objective with ``C``), a whole batch fitted at once by the
+  batched Newton solver of :mod:`~app.valuation.shapley.logistic` with row weights = each point's count in
+  :math:`S_b` (the same objective as fitting on ``x[S_b]``), on ``device`` (CPU or CUDA; the GPU path for large
+  sellers). A bootstrap sample with one class predicts that class.
+
+Models come in
 batches of ``batch_size``: batch k's bootstrap indices come from
 :func:`~app.valuation.shapley.engine.batch_seed` (seed, k) only, and a batch returns two integer sums per point
 (out-of-bag count, correct count), so batches can run on any :mod:`executor
@@ -40,6 +48,7 @@ from app.valuation.shapley.executors import Executor, InProcess
 DEFAULT_MODELS = 256
 DEFAULT_BATCH = 16
 DEFAULT_MAX_DEPTH = 10
+MODELS = ("tree", "logistic")
 
 
 def bootstrap_indices(seed: int, batch: int, models: int, n: int) -> Iterator[np.ndarray]:
@@ -67,8 +76,13 @@ class OOBBatch:
     models: int
     max_depth: int | None
     chunk_rows: int = 65_536
+    model: str = "tree"
+    C: float = 1.0  # noqa: N815 — scikit-learn's name
+    device: str = "cpu"
 
     def __call__(self, k: int) -> tuple[int, np.ndarray, np.ndarray]:
+        if self.model == "logistic":
+            return self._logistic(k)
         n = len(self.y)
         oob = np.zeros(n, dtype=np.int64)
         correct = np.zeros(n, dtype=np.int64)
@@ -82,6 +96,30 @@ class OOBBatch:
                 correct[part] += model.predict(self.x[part]) == self.y[part]
             oob[rows] += 1
         return k, oob, correct
+
+    def _logistic(self, k: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """The batch's models fitted together: weights (models, n) = bootstrap counts."""
+        import torch
+
+        from app.valuation.labels import encode_label_arrays
+        from app.valuation.shapley.models import fit_logistic
+
+        dev = torch.device(self.device)
+        n = len(self.y)
+        classes, (codes,) = encode_label_arrays(self.y)
+        y = torch.from_numpy(codes).to(dev)
+        x = torch.as_tensor(self.x, dtype=torch.float64, device=dev)
+        counts = torch.stack([torch.bincount(torch.from_numpy(idx).to(dev), minlength=n)
+                              for idx in bootstrap_indices(self.seed, k, self.models, n)]).to(torch.float64)
+        fit = fit_logistic(x, y, counts, n_classes=max(len(classes), 2), C=self.C)
+        sole = fit.class_mask.to(torch.int64).argmax(1)  # the one class of a sample that has one
+        out = counts == 0
+        correct = torch.zeros(n, dtype=torch.int64, device=dev)
+        for start in range(0, n, self.chunk_rows):  # predict in chunks: bounded memory
+            part = slice(start, start + self.chunk_rows)
+            pred = torch.where(fit.fitted[:, None], fit.predict(x[part]), sole[:, None])
+            correct[part] = ((pred == y[part]) & out[:, part]).sum(0)
+        return k, out.sum(0).cpu().numpy().astype(np.int64), correct.cpu().numpy()
 
 
 def _encode(counts: np.ndarray) -> str:
@@ -107,6 +145,7 @@ class OOBState:
     batches: set[int] = field(default_factory=set)
     oob: np.ndarray | None = None
     correct: np.ndarray | None = None
+    model: str = "tree"
 
     def __post_init__(self) -> None:
         if self.oob is None:
@@ -116,7 +155,8 @@ class OOBState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"estimator": "data-oob", "seed": self.seed, "n": self.n, "batch_size": self.batch_size,
-                "max_depth": self.max_depth, "batches": sorted(self.batches), "batches_done": len(self.batches),
+                "max_depth": self.max_depth, "model": self.model, "batches": sorted(self.batches),
+                "batches_done": len(self.batches),
                 "oob": _encode(self.oob), "correct": _encode(self.correct)}
 
     @classmethod
@@ -124,13 +164,14 @@ class OOBState:
         """The checkpoint ``d``, after checking it is of a run with ``expected``'s settings."""
         if d.get("estimator") != "data-oob":
             raise ValuationError(f"checkpoint is from {d.get('estimator')!r}, cannot resume it with data-oob")
-        for key in ("seed", "n", "batch_size", "max_depth"):
+        d = {"model": "tree", **d}  # a checkpoint written before there was a choice of model
+        for key in ("seed", "n", "batch_size", "max_depth", "model"):
             if d.get(key) != getattr(expected, key):
                 raise ValuationError(f"checkpoint has {key}={d.get(key)!r}, this run {getattr(expected, key)!r}")
         try:
             return cls(expected.seed, expected.n, expected.batch_size, expected.max_depth,
                        {int(b) for b in d["batches"]}, _decode(d["oob"], expected.n, "oob"),
-                       _decode(d["correct"], expected.n, "correct"))
+                       _decode(d["correct"], expected.n, "correct"), expected.model)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValuationError(f"Data-OOB checkpoint is damaged: {exc}") from exc
 
@@ -152,6 +193,9 @@ def data_oob(
     batch_size: int = DEFAULT_BATCH,
     max_depth: int | None = DEFAULT_MAX_DEPTH,
     seed: int = 0,
+    model: str = "tree",
+    C: float = 1.0,  # noqa: N803 — scikit-learn's name
+    device: str = "cpu",
     executor: Executor | None = None,
     chunk_rows: int = 65_536,
     progress: Callable[[int, int], None] | None = None,
@@ -159,10 +203,11 @@ def data_oob(
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> OOBResult:
-    """Data-OOB values of the n points ``(x, y)`` from ``n_models`` bootstrap trees (whole batches of
-    ``batch_size``; see the module docstring). ``progress(models_done, n_models)`` after each batch;
-    ``stop_requested()`` True ends the run early with the models fitted so far. ``checkpoint(state)`` after each
-    batch (:meth:`OOBState.to_dict`); ``resume_from``: such a state, whose batches are not computed again."""
+    """Data-OOB values of the n points ``(x, y)`` from ``n_models`` bootstrap models (whole batches of
+    ``batch_size``; ``model`` tree or logistic, ``C`` and ``device`` for logistic; see the module docstring).
+    ``progress(models_done, n_models)`` after each batch; ``stop_requested()`` True ends the run early with the
+    models fitted so far. ``checkpoint(state)`` after each batch (:meth:`OOBState.to_dict`); ``resume_from``:
+    such a state, whose batches are not computed again."""
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 2 or len(x) != len(y):
         raise ValuationError(f"x must be (n, d) with one label per row; got x {x.shape}, y {y.shape}")
@@ -170,9 +215,14 @@ def data_oob(
         raise ValuationError("Data-OOB needs at least 2 points")
     if n_models < 1 or batch_size < 1:
         raise ValuationError("n_models and batch_size must be >= 1")
+    if model not in MODELS:
+        raise ValuationError(f"Data-OOB model must be one of {', '.join(MODELS)}, got {model!r}")
+    if model == "logistic" and not (np.issubdtype(x.dtype, np.number) and np.isfinite(x).all()):
+        raise ValuationError("Data-OOB with logistic models needs finite numeric features")
     batches = -(-int(n_models) // int(batch_size))
-    task = OOBBatch(x, y, int(seed), int(batch_size), max_depth, int(chunk_rows))
-    state = OOBState(int(seed), len(y), int(batch_size), max_depth)
+    task = OOBBatch(x, y, int(seed), int(batch_size), max_depth, int(chunk_rows), model, float(C),
+                    device if model == "logistic" else "cpu")
+    state = OOBState(int(seed), len(y), int(batch_size), max_depth, model=model)
     if resume_from is not None:
         state = OOBState.resume(resume_from, state)
     oob, correct = state.oob, state.correct

@@ -111,3 +111,60 @@ def test_a_checkpoint_of_another_run_is_refused(flipped):
         data_oob(x[:100], y[:100], n_models=16, batch_size=8, seed=5, resume_from={**states[0], "oob": "!!"})
     with pytest.raises(ValuationError, match="from 'tmc_shapley'"):
         data_oob(x[:100], y[:100], n_models=16, batch_size=8, seed=5, resume_from={"estimator": "tmc_shapley"})
+
+
+def logistic_reference(x, y, n_models, batch_size, seed, C=1.0):
+    """The logistic model by hand: one scikit-learn LogisticRegression per bootstrap set (duplicates as rows),
+    its out-of-bag predictions; a set with one class predicts it."""
+    from sklearn.linear_model import LogisticRegression
+
+    n = len(y)
+    sets = [idx for k in range(n_models // batch_size) for idx in bootstrap_indices(seed, k, batch_size, n)]
+    hits, oob = np.zeros(n), np.zeros(n, dtype=int)
+    for s in sets:
+        out = np.ones(n, dtype=bool)
+        out[s] = False
+        if np.unique(y[s]).size < 2:
+            pred = np.full(out.sum(), y[s][0])
+        else:
+            pred = LogisticRegression(C=C, tol=1e-12, max_iter=10_000).fit(x[s], y[s]).predict(x[out])
+        hits[out] += pred == y[out]
+        oob += out
+    return hits / np.maximum(oob, 1), oob
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_logistic_models_equal_scikit_learn_on_the_same_bootstrap_sets(classes):
+    x, y = make_classification(n_samples=150, n_features=4, n_informative=3, n_redundant=0, n_classes=classes,
+                               n_clusters_per_class=1, class_sep=1.0, random_state=classes)
+    got = data_oob(x, y, n_models=24, batch_size=8, seed=3, model="logistic", C=0.5, chunk_rows=41)
+    want, counts = logistic_reference(x, y, 24, 8, seed=3, C=0.5)
+    np.testing.assert_array_equal(got.oob_counts, counts)
+    # the same models up to the solvers' tolerances: at most one of ~1,300 out-of-bag predictions may differ
+    # (a point on a decision boundary)
+    assert np.abs(got.values * counts - want * counts).sum() <= 1
+
+
+def test_logistic_checkpoints_are_their_own():
+    x, y = make_classification(n_samples=80, n_features=3, n_informative=2, n_redundant=0, random_state=0)
+    states = []
+    data_oob(x, y, n_models=16, batch_size=8, seed=1, model="logistic", checkpoint=states.append)
+    resumed = data_oob(x, y, n_models=16, batch_size=8, seed=1, model="logistic", resume_from=states[0])
+    whole = data_oob(x, y, n_models=16, batch_size=8, seed=1, model="logistic")
+    np.testing.assert_array_equal(resumed.values, whole.values)
+    with pytest.raises(ValuationError, match="model"):
+        data_oob(x, y, n_models=16, batch_size=8, seed=1, resume_from=states[0])  # a tree run
+    old = {k: v for k, v in states[0].items() if k != "model"}  # before models: trees
+    with pytest.raises(ValuationError, match="model"):
+        data_oob(x, y, n_models=16, batch_size=8, seed=1, model="logistic", resume_from=old)
+    with pytest.raises(ValuationError, match="model must be one of"):
+        data_oob(x, y, model="forest")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_logistic_models_on_cuda_equal_the_cpu():
+    x, y = make_classification(n_samples=500, n_features=5, n_informative=3, n_redundant=0, random_state=4)
+    cpu = data_oob(x, y, n_models=32, batch_size=16, seed=2, model="logistic")
+    gpu = data_oob(x, y, n_models=32, batch_size=16, seed=2, model="logistic", device="cuda")
+    np.testing.assert_array_equal(gpu.oob_counts, cpu.oob_counts)
+    assert np.abs(gpu.values * gpu.oob_counts - cpu.values * cpu.oob_counts).sum() <= 2
