@@ -194,7 +194,10 @@ def test_nested_rewiring_is_one_trajectory():
 
 
 # Measured (5 seeds, Spearman / ratio): karate 0.929 / 0.32, Les Misérables 0.991 / 0.24, SBM3 0.922 / 0.36,
-# Davis 0.911 / 0.43; bench/structural.py has the WWL anchor's and the old proxy's numbers next to these.
+# Davis 0.911 / 0.43; bench/structural.py has the WWL anchor's and the old proxy's numbers next to these. Read as
+# one rewiring trajectory per seed (rewire_nested; bench/structural_acceptance.py --nested) the target is not met
+# either: karate 0.915 / 0.42, Les Misérables 0.996 / 0.21, SBM3 0.960 / 0.37, Davis 0.878 / 0.39 (seeds 0-4);
+# docs/structural-disparity.md has both readings on held-out seeds and the profile changes tried.
 MEETS = {"les_miserables": les_miserables}
 SHORT = {"karate": (karate, 0.91, 0.35), "sbm3": (sbm3, 0.90, 0.4), "davis": (davis, 0.89, 0.45)}
 
