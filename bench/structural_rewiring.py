@@ -17,8 +17,8 @@ here, not in the app):
 - ``default``: the profile as it is (app/valuation/structural/profile.py);
 - ``+assortativity``: triangle scale 1 and two more columns, each smoothed by 3 WWL rounds: 7 × the node's mean
   over its edges of z_v·z_u (z the degree standardised by the edge-end mean and deviation: the edge terms of
-  degree assortativity, which move like a mixture under rewiring) and 3 × the mean of |ln d_v − ln d_u|. The best
-  found on seeds 0–4 (a random search over column scales and ~15 candidate columns came next to it);
+  degree assortativity, which move like a mixture under rewiring) and 3 × the mean of |ln d_v − ln d_u|: the best
+  of a grid over its rounds (1–4), scales (2–9) and the triangle scale, chosen on seeds 0–4;
 - ``+signed 2-colouring``: a column with the share of a node's neighbours of opposite sign after 8 rounds of
   h ← ½(h − mean of neighbours' h) from ln(1 + d) (a local approximate 2-colouring; exact, sorted sums);
 - ``degree-weighted rows``: the default rows, each node weighing d_v / 2m instead of 1 / n;
