@@ -72,6 +72,37 @@ def rewire(g: nx.Graph, fraction: float, seed: int) -> nx.Graph:
     return g
 
 
+def rewire_nested(g: nx.Graph, fractions, seed: int) -> list[nx.Graph]:
+    """One seeded rewiring *trajectory*: the graphs after rewiring each of ``fractions`` of the edges, nested.
+
+    The edges are put in one random order and rewired one after the other, each keeping one end (chosen at
+    random) and moving the other to a uniformly random node (redrawn while that would be a self-loop or a
+    duplicate); fraction f is the graph once the first round(f·m) edges of that order are rewired. So the edges
+    rewired at 10 % are among those rewired at 20 %, as in one run of a seeded sequential rewiring process (unlike
+    :func:`rewire`, which draws every fraction independently)."""
+    rng = np.random.default_rng(seed)
+    g = nx.Graph(g)
+    nodes = list(g.nodes())
+    edges = list(g.edges())
+    order = rng.permutation(len(edges))
+    stops = [int(round(f * len(edges))) for f in fractions]
+    out: dict[int, nx.Graph] = {}
+    for j in range(max(stops, default=0) + 1):
+        if j in stops:
+            out[j] = nx.Graph(g)
+        if j == len(edges):
+            break
+        u, v = edges[order[j]]
+        g.remove_edge(u, v)
+        a = u if rng.random() < 0.5 else v
+        while True:
+            b = nodes[int(rng.integers(len(nodes)))]
+            if a != b and not g.has_edge(a, b):
+                g.add_edge(a, b)
+                break
+    return [out[stop] for stop in stops]
+
+
 def family(name: str, n: int, mean_degree: int, seed: int) -> nx.Graph:
     """One graph of ``n`` nodes and (about) the given mean degree from a named family."""
     if name == "er":

@@ -32,7 +32,7 @@ from app.valuation.structural import (
 from app.valuation.structural.matching import Adjacency
 from app.valuation.structural.profile import ProfileSpec, profile, short_cycles, triangles
 from app.valuation.structural.trust import bootstrap_interval, quantise
-from tests.valuation.structural.helpers import relabel, rewire
+from tests.valuation.structural.helpers import relabel, rewire, rewire_nested
 
 NONE = GraphOptions(feature_view="none", replicates=0)
 
@@ -179,8 +179,25 @@ def rewiring_numbers(g: nx.Graph) -> tuple[float, float]:
     return rho, float(np.mean(curves[:, 1] / curves[:, -1]))
 
 
+def test_nested_rewiring_is_one_trajectory():
+    """rewire_nested: the edge count is kept, 0 % is the graph itself, and each fraction's graph is the previous
+    one with only the next edges of one seeded order rewired (at most that many edges moved: one trajectory, where
+    independent draws would differ in about a fraction's worth of edges); the same seed gives the same graphs."""
+    g = karate()
+    m = g.number_of_edges()
+    edges = [{frozenset(e) for e in h.edges()} for h in rewire_nested(g, FRACTIONS, 3)]
+    assert all(len(e) == m for e in edges) and edges[0] == {frozenset(e) for e in g.edges()}
+    steps = np.diff([round(f * m) for f in FRACTIONS])
+    assert all(len(a - b) <= k for a, b, k in zip(edges, edges[1:], steps, strict=False))
+    assert len(edges[0] - edges[-1]) > 0.7 * m
+    assert edges == [{frozenset(e) for e in h.edges()} for h in rewire_nested(g, FRACTIONS, 3)]
+
+
 # Measured (5 seeds, Spearman / ratio): karate 0.929 / 0.32, Les Misérables 0.991 / 0.24, SBM3 0.922 / 0.36,
-# Davis 0.911 / 0.43; bench/structural.py has the WWL anchor's and the old proxy's numbers next to these.
+# Davis 0.911 / 0.43; bench/structural.py has the WWL anchor's and the old proxy's numbers next to these. Read as
+# one rewiring trajectory per seed (rewire_nested; bench/structural_acceptance.py --nested) the target is not met
+# either: karate 0.915 / 0.42, Les Misérables 0.996 / 0.21, SBM3 0.960 / 0.37, Davis 0.878 / 0.39 (seeds 0-4);
+# docs/structural-disparity.md has both readings on held-out seeds and the profile changes tried.
 MEETS = {"les_miserables": les_miserables}
 SHORT = {"karate": (karate, 0.91, 0.35), "sbm3": (sbm3, 0.90, 0.4), "davis": (davis, 0.89, 0.45)}
 
