@@ -90,12 +90,18 @@ def rewiring_numbers(measure, g, quick: bool, nested: bool = False, first_seed: 
 
 
 def loo_accuracy(measure, quick: bool) -> float:
-    import numpy as np
 
     from tests.valuation.structural.test_trust import family_200
 
     per = 3 if quick else 6
-    graphs = [(name, family_200(name, s)) for name in ("er", "ba", "ws", "sbm") for s in range(per)]
+    return nearest_family_accuracy(measure, [(name, family_200(name, s)) for name in ("er", "ba", "ws", "sbm")
+                                             for s in range(per)])
+
+
+def nearest_family_accuracy(measure, graphs: list) -> float:
+    """Leave-one-out accuracy of the nearest graph's family, ``graphs`` (family, graph) pairs."""
+    import numpy as np
+
     n = len(graphs)
     d = np.full((n, n), np.inf)
     for i in range(n):

@@ -46,6 +46,7 @@ from scipy.stats import spearmanr  # noqa: E402
 from app.valuation.structural import clean_graph, graph_from_networkx, wasserstein  # noqa: E402
 from app.valuation.structural.matching import Adjacency  # noqa: E402
 from app.valuation.structural.profile import ProfileSpec, profile, sorted_row_sums  # noqa: E402
+from bench.structural_acceptance import nearest_family_accuracy  # noqa: E402
 from tests.valuation.structural.helpers import rewire, rewire_nested  # noqa: E402
 from tests.valuation.structural.test_trust import davis, family_200, karate, les_miserables, sbm3  # noqa: E402
 
@@ -157,13 +158,7 @@ def curve_numbers(measure, base: Adjacency, runs: list[list[Adjacency]]) -> tupl
 
 
 def loo(measure, graphs: list[tuple[str, Adjacency]]) -> float:
-    n = len(graphs)
-    d = np.full((n, n), np.inf)
-    for i in range(n):
-        for j in range(i + 1, n):
-            d[i, j] = d[j, i] = measure(graphs[i][1], graphs[j][1])
-    nearest = d.argmin(axis=1)
-    return float(np.mean([graphs[i][0] == graphs[nearest[i]][0] for i in range(n)]))
+    return nearest_family_accuracy(measure, graphs)
 
 
 def main() -> None:

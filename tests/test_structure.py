@@ -124,10 +124,16 @@ def test_a_valuation_run_on_csv_files_does_not_import_pandas(tmp_path):
         (tmp_path / name).write_text("\n".join(rows) + "\n")
     argv = ["value", "data-shapley", "--buyer", str(tmp_path / "buyer.csv"), "--seller", str(tmp_path / "seller.csv"),
             "--max-permutations", "4", "--workers", "1", "--no-progress", "--json"]
+    out = run_cli_listing_modules(argv, ("pandas",))
+    assert '"method": "data-shapley"' in out and "LOADED []" in out, out[-500:]
+
+
+def run_cli_listing_modules(argv: list[str], modules: tuple[str, ...]) -> str:
+    """Run ``appraise ARGV`` in a fresh interpreter (it must succeed); its stdout, then a line ``LOADED [...]``
+    naming which of ``modules`` it imported."""
     code = ("import sys\n"
             "from app.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-            "print('PANDAS', 'pandas' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
-                         env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"}).stdout
-    assert '"method": "data-shapley"' in out and "PANDAS False" in out, out[-500:]
+            f"print('LOADED', sorted(m for m in {modules!r} if m in sys.modules))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                          env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"}).stdout

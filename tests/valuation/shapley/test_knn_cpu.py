@@ -3,10 +3,6 @@ against the KNN model utility; a CPU KNN-Shapley run needs neither torch nor pan
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,9 +11,8 @@ from app.valuation.errors import ValuationError
 from app.valuation.shapley.knn import KNNUtility, knn_full_utility, knn_shapley_torch
 from app.valuation.shapley.knn_cpu import knn_scan, knn_shapley_cpu
 from app.valuation.shapley.utilities import ModelConfig, ModelUtility
+from tests.test_structure import run_cli_listing_modules
 from tests.valuation.shapley.test_knn import brute_force_shapley
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("n", [1, 3, 7])
@@ -81,12 +76,7 @@ def test_a_cpu_knn_shapley_run_imports_neither_torch_nor_pandas(tmp_path):
         (tmp_path / name).write_text("\n".join(rows) + "\n")
     argv = ["value", "knn-shapley", "--buyer", str(tmp_path / "buyer.csv"), "--seller", str(tmp_path / "seller.csv"),
             "--no-progress", "--out", str(tmp_path / "values.csv")]
-    code = ("import sys\n"
-            "from app.cli import main\n"
-            f"try:\n    main({argv!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-            "print('LOADED', sorted(m for m in ('torch', 'pandas') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
-                         env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"}).stdout
+    out = run_cli_listing_modules(argv, ("torch", "pandas"))
     assert "LOADED []" in out, out[-500:]
     lines = (tmp_path / "values.csv").read_text().splitlines()
     assert lines[0] == '"seller","index","value","stderr"' and len(lines) == 31
