@@ -1,12 +1,14 @@
-"""Exact KNN-Shapley: Appraise ``knn_shapley`` (chunked torch.cdist + argsort + cumulative sums) vs pyDVL 0.10's
+"""Exact KNN-Shapley: Appraise ``knn_shapley`` (on the CPU the numpy scan of app/valuation/shapley/knn_cpu.py:
+per block of validation rows one matrix product, then packed-key sorts, label matches, cumulative sums and a
+scatter a few rows at a time in cache, the blocks split over threads) vs pyDVL 0.10's
 ``KNNShapleyValuation`` (sklearn ``kneighbors`` over all n points, then a Python loop per validation point).
 
 Synthetic Gaussian classes (``--classes`` class means drawn N(0, sep²·I), unit-variance points), d=32, K=5.
 Appraise runs at ``--n`` × ``--m`` (default 100,000 × 1,000). pyDVL's memory is O(m·n) for the neighbour order and
 a dense (m, n) float64 value matrix, and its time O(m·n) Python steps, so it runs at ``--peer-n`` × ``--m``
 (default 10,000 × 1,000), where Appraise is also timed and the values are compared (max |difference|).
-Threads: Appraise uses torch's default (``--threads`` to change), pyDVL joblib ``n_jobs`` = ``--n-jobs``
-(default 1; BLAS threads left at the default for both). pyDVL runs as a subprocess under
+Threads: Appraise uses torch's thread count (default: the cores; ``--threads`` to change), pyDVL joblib
+``n_jobs`` = ``--n-jobs`` (default 1; BLAS threads left at the default for both). pyDVL runs as a subprocess under
 ``.venv-peers/bin/python`` (bench/peers/pydvl_knn.py).
 
 Then the user's view of a small job (``--process-n``, default 200 seller and 200 validation points): the wall time
