@@ -229,7 +229,8 @@ def run_knn_shapley(inputs: Inputs, p: KnnShapleyParams, ctx: RunContext) -> dic
     if ctx.device == "cpu":  # one numpy pass gives the values, U(N) and the neighbours the removal curve needs
         from app.valuation.shapley.knn_cpu import knn_scan
 
-        values, u_full, scorer = knn_scan(x, y, val.x, val.y, p.k, keep=KNN_KEEP)
+        keep = max(p.k, min(KNN_KEEP, KNN_KEEP_BYTES // (8 * len(val.y))))  # a bounded (m, keep) index table
+        values, u_full, scorer = knn_scan(x, y, val.x, val.y, p.k, keep=keep)
     else:
         from app.valuation.shapley.knn import knn_full_utility, knn_shapley
         from app.valuation.shapley.utilities import ModelConfig, ModelUtility
@@ -246,8 +247,9 @@ def run_knn_shapley(inputs: Inputs, p: KnnShapleyParams, ctx: RunContext) -> dic
 
 
 #: nearest training points kept per validation point for the removal curve (a row with too few left after a
-#: removal is ranked again)
+#: removal is ranked again), and at most this many bytes of them
 KNN_KEEP = 256
+KNN_KEEP_BYTES = 256 * 2**20
 
 
 # --- seller-shapley ----------------------------------------------------------------------------------------------
