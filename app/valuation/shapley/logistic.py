@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from app.valuation.errors import ValuationError
+from app.valuation.shapley.binary_newton import solve_binary
 from app.valuation.shapley.design import augment, batches, bounded, check_rows, check_xyw, design_times
 from app.valuation.shapley.newton import CHORD_MIN_DIM, DEFAULT_MAX_CG, LogisticProblem, NewtonOptions, solve
 
@@ -173,8 +174,9 @@ def _chunk_problem(xa, y, w, rows, present, group: _Group, sl: slice, opts: Newt
 
 
 def _solve_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, opts: NewtonOptions,
-                 batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit the group's models chunk by chunk (``theta`` updated in place); returns (n_iter, converged)."""
+                 batch_size: int | None, lean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit the group's models chunk by chunk (``theta`` updated in place); returns (n_iter, converged).
+    ``lean``: binary explicit-Newton chunks go to :func:`~app.valuation.shapley.binary_newton.solve_binary`."""
     m, kk, k = theta.shape
     kdim = kk * k
     rows_cols = (xa.shape[0] if rows is None else rows.shape[1]) * kk
@@ -184,16 +186,29 @@ def _solve_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, op
     n_iter = torch.zeros(m, dtype=torch.int64, device=xa.device)
     conv = torch.zeros(m, dtype=torch.bool, device=xa.device)
     for sl in batches(m, bounded(batch_size, per_model)):
+        if lean and group.binary and opts.newton:
+            n_iter[sl], conv[sl] = _solve_binary_chunk(xa, y, w, rows, group, theta[sl], sl, opts)
+            continue
         prob = _chunk_problem(xa, y, w, rows, present, group, sl, opts)
         n_iter[sl], conv[sl] = solve(prob, theta[sl], opts)
     return n_iter, conv
+
+
+def _solve_binary_chunk(xa, y, w, rows, group: _Group, theta: torch.Tensor, sl: slice,
+                        opts: NewtonOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lean solver on models ``group.idx[sl]`` (``theta`` their coefficients, updated in place)."""
+    idx = group.idx[sl]
+    design = xa if rows is None else xa[rows[idx]]
+    labels = y[None] if rows is None else y[rows[idx]]
+    target = labels if group.positive is None else labels == group.positive[sl, None]
+    return solve_binary(design, target.to(xa.dtype), w[idx], theta, opts)
 
 
 def _fit_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, opts: NewtonOptions,
                batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve, then retry the models that did not converge (see the module docstring); returns (n_iter,
     converged, retried)."""
-    n_iter, conv = _solve_group(xa, y, w, rows, present, group, theta, opts, batch_size)
+    n_iter, conv = _solve_group(xa, y, w, rows, present, group, theta, opts, batch_size, lean=True)
     retried = ~conv
     again = retried.nonzero().squeeze(1)
     if again.numel():
