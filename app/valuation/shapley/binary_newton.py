@@ -24,110 +24,118 @@ import torch.nn.functional as F
 
 from app.valuation.shapley.newton import ARMIJO_C, F_FLOOR, MAX_HALVINGS, NEWTON_DAMPING, NewtonOptions
 
-#: drop finished models from the working set once at least this share of it has finished
-COMPACT_SHARE = 0.25
-
 
 class _Design:
-    """The rows the models train on: shared (n, K), or one per model (b, r, K); with their transposes and (shared)
-    the rows' outer products in the Hessian dtype."""
+    """The rows the models train on, each row multiplied by its sign s = 1 − 2y (so that a model's cross-entropy
+    on a row is softplus of the signed logit, with no targets to carry): shared (n, K) or one per model
+    (b, r, K); with (shared) the rows' outer products in the Hessian dtype, or (per model) a copy in it."""
 
-    def __init__(self, xa: torch.Tensor, h_dtype: torch.dtype) -> None:
-        self.per_model = xa.dim() == 3
-        self.xa, self.h_dtype = xa, h_dtype
+    def __init__(self, xs: torch.Tensor, h_dtype: torch.dtype) -> None:
+        self.per_model = xs.dim() == 3
+        self.xs, self.h_dtype = xs, h_dtype
         if self.per_model:
-            self.xa_h = xa.to(h_dtype)
+            self.xs_h = xs.to(h_dtype)
         else:
-            self.xt = xa.T.contiguous()
-            xh = xa.to(h_dtype)
-            self.outer = (xh[:, :, None] * xh[:, None, :]).reshape(xa.shape[0], -1)  # (n, K²)
+            self.xt = xs.T.contiguous()
+            xh = xs.to(h_dtype)
+            self.outer = (xh[:, :, None] * xh[:, None, :]).reshape(xs.shape[0], -1)  # (n, K²): Hessian rows
 
     def take(self, idx: torch.Tensor) -> _Design:
         if not self.per_model:
             return self
         sub = object.__new__(_Design)
         sub.__dict__.update(self.__dict__)
-        sub.xa, sub.xa_h = self.xa[idx], self.xa_h[idx]
+        sub.xs, sub.xs_h = self.xs[idx], self.xs_h[idx]
         return sub
 
     def times(self, theta: torch.Tensor) -> torch.Tensor:
-        """(b, K) → (b, n) logits."""
+        """(b, K) → (b, n) signed logits."""
         if self.per_model:
-            return torch.bmm(self.xa, theta[:, :, None])[..., 0]
+            return torch.bmm(self.xs, theta[:, :, None])[..., 0]
         return theta @ self.xt
 
     def t_times(self, r: torch.Tensor) -> torch.Tensor:
-        """(b, n) → (b, K): xaᵀ r per model."""
+        """(b, n) → (b, K): xsᵀ r per model."""
         if self.per_model:
-            return torch.bmm(r[:, None, :], self.xa)[:, 0, :]
-        return r @ self.xa
+            return torch.bmm(r[:, None, :], self.xs)[:, 0, :]
+        return r @ self.xs
 
     def gram(self, s: torch.Tensor) -> torch.Tensor:
-        """(b, K, K) float64 xaᵀ diag(s_b) xa, formed in the Hessian dtype (s ≥ 0)."""
-        b, kk = s.shape[0], self.xa.shape[-1]
+        """(b, K, K) float64 xsᵀ diag(s_b) xs (= xaᵀ diag(s_b) xa), formed in the Hessian dtype (s ≥ 0)."""
+        b, kk = s.shape[0], self.xs.shape[-1]
         s = s.to(self.h_dtype)
         if self.per_model:
-            xs = self.xa_h * s.sqrt()[:, :, None]
-            h = torch.bmm(xs.transpose(1, 2), xs)
+            xw = self.xs_h * s.sqrt()[:, :, None]
+            h = torch.bmm(xw.transpose(1, 2), xw)
         else:
             h = (s @ self.outer).view(b, kk, kk)
         return h.to(torch.float64)
 
 
-def solve_binary(
-    xa: torch.Tensor, y: torch.Tensor, w: torch.Tensor, theta: torch.Tensor, opts: NewtonOptions
-) -> tuple[torch.Tensor, torch.Tensor]:
+class _Chunk:
+    """The models still iterating (``ids``: their rows in the chunk) and their state; :meth:`drop` writes
+    finished models out and keeps the rest."""
+
+    def __init__(self, design: _Design, th: torch.Tensor, cw: torch.Tensor, gtol: torch.Tensor, pen: torch.Tensor):
+        self.design, self.th, self.cw, self.gtol, self.pen = design, th, cw, gtol, pen
+        self.ids = torch.arange(th.shape[0], device=th.device)
+        self.u = design.times(th)
+        self.f = _objective(self.u, th, cw, pen)
+
+    def drop(self, out: torch.Tensor, n_iter: torch.Tensor, it: int, gone: torch.Tensor, *more: torch.Tensor):
+        """Write the models ``gone`` (a mask) to ``out`` (b, K, 1) with ``it`` iterations; keep the others (and
+        the rows of the tensors ``more``, returned). Nothing is left when ``ids`` is empty."""
+        rows = self.ids[gone]
+        out[rows, :, 0] = self.th[gone]
+        n_iter[rows] = it
+        keep = (~gone).nonzero().squeeze(1)
+        self.ids, self.th, self.u, self.f, self.cw, self.gtol = (
+            a[keep] for a in (self.ids, self.th, self.u, self.f, self.cw, self.gtol))
+        self.design = self.design.take(keep)
+        return [a[keep] for a in more]
+
+
+def solve_binary(xs: torch.Tensor, w: torch.Tensor, theta: torch.Tensor, opts: NewtonOptions
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Newton iterations for b binary models from ``theta`` (b, K, 1), updated in place; returns (n_iter,
-    converged). ``xa``: the shared design (n, K) or per-model designs (b, r, K); ``y``: 0/1 targets (1 or b, n);
-    ``w``: row weights (b, n)."""
+    converged). ``xs``: the signed design (each row times 1 − 2y), shared (n, K) or per model (b, r, K);
+    ``w``: row weights (b, n or r)."""
     b, kk, _ = theta.shape
     dev = theta.device
     n_iter = torch.zeros(b, dtype=torch.int64, device=dev)
     converged = torch.zeros(b, dtype=torch.bool, device=dev)
     if b == 0:
         return n_iter, converged
-    design = _Design(xa, opts.hessian_dtype)
     pen = torch.ones(kk, dtype=theta.dtype, device=dev)
     pen[-1] = 0.0
     diag = (pen + NEWTON_DAMPING)[None, :]
-    own_y = y.shape[0] > 1
     cw = opts.c * w
-    gtol = opts.tol * cw.sum(1).clamp_min(1.0)
-    ids = torch.arange(b, device=dev)  # the working set's models, as rows of the chunk
-    th = theta[..., 0].clone()
-    z = design.times(th)
-    f = _objective(z, th, y, cw, pen)
-    stalled = torch.zeros(b, dtype=torch.bool, device=dev)
+    m = _Chunk(_Design(xs, opts.hessian_dtype), theta[..., 0].clone(), cw, opts.tol * cw.sum(1).clamp_min(1.0), pen)
     for it in range(opts.max_iter + 1):  # the last pass only tests the final iterate
-        p = torch.sigmoid(z)
-        g = design.t_times((p - y) * cw) + pen * th
-        small = g.abs().amax(1) <= gtol
-        finished = small | stalled
-        done = int(finished.sum())
-        if done:
-            converged[ids[small]] = True
-        if done == ids.numel() or it == opts.max_iter:
+        q = torch.sigmoid(m.u)  # the probability of the other class than the row's
+        g = m.design.t_times(m.cw * q) + pen * m.th
+        small = g.abs().amax(1) <= m.gtol
+        if it == opts.max_iter:
+            converged[m.ids[small]] = True
+            m.drop(theta, n_iter, it, torch.ones_like(small))
             break
-        if done >= COMPACT_SHARE * ids.numel():
-            theta[ids[finished], :, 0] = th[finished]
-            keep = (~finished).nonzero().squeeze(1)
-            ids, th, z, f, cw, gtol, p, g = (a[keep] for a in (ids, th, z, f, cw, gtol, p, g))
-            design = design.take(keep)
-            y = y[keep] if own_y else y
-            finished = stalled = torch.zeros(keep.numel(), dtype=torch.bool, device=dev)
-        step = _direction(design, cw * p * (1 - p), diag, g)
-        t, f_new, dz = _armijo(design, th, z, f, g, step, y, cw, pen)
-        move = t * ~finished  # finished models not yet dropped stay where they are
-        th, z, f = th + move[:, None] * step, z + move[:, None] * dz, torch.where(finished, f, f_new)
-        n_iter[ids] += (~finished).long()  # ids is a fresh tensor after every compaction: no aliasing
-        stalled = stalled | ((t == 0) & ~finished)  # no decrease along a fresh direction: left for the retry
-    theta[ids, :, 0] = th
+        if bool(small.any()):
+            converged[m.ids[small]] = True
+            q, g = m.drop(theta, n_iter, it, small, q, g)
+            if m.ids.numel() == 0:
+                break
+        step = _direction(m.design, m.cw * q * (1 - q), diag, g)
+        t = _armijo(m, g, step)
+        if t is not None and bool((t == 0).any()):  # no decrease along a fresh direction: for the retry
+            m.drop(theta, n_iter, it + 1, t == 0)
+            if m.ids.numel() == 0:
+                break
     return n_iter, converged
 
 
-def _objective(z: torch.Tensor, th: torch.Tensor, y: torch.Tensor, cw: torch.Tensor, pen: torch.Tensor) -> torch.Tensor:
-    """(b,) C·Σ w CE + ½‖β‖² for logits z (b, n) and coefficients th (b, K)."""
-    return (cw * (F.softplus(z) - y * z)).sum(1) + 0.5 * (pen * th * th).sum(1)
+def _objective(u: torch.Tensor, th: torch.Tensor, cw: torch.Tensor, pen: torch.Tensor) -> torch.Tensor:
+    """(b,) C·Σ w softplus(u) + ½‖β‖² for signed logits u (b, n) and coefficients th (b, K)."""
+    return (cw * F.softplus(u)).sum(1) + 0.5 * (pen * th * th).sum(1)
 
 
 def _direction(design: _Design, s: torch.Tensor, diag: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -147,25 +155,30 @@ def _direction(design: _Design, s: torch.Tensor, diag: torch.Tensor, g: torch.Te
     return torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _armijo(design: _Design, th, z, f0, g, step, y, cw, pen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`~app.valuation.shapley.newton.armijo` on the 2-D layout: (t, f at the accepted point, the logits'
-    change per unit step); t = 0 where no decrease is found."""
+def _armijo(m: _Chunk, g: torch.Tensor, step: torch.Tensor) -> torch.Tensor | None:
+    """:func:`~app.valuation.shapley.newton.armijo` on the 2-D layout, moving ``m``'s models: returns the step
+    lengths t (0 where no decrease is found), or None when every model took the whole step (the usual case)."""
     slope = (g * step).sum(1)
-    dz = design.times(step)
-    f1 = _objective(z + dz, th + step, y, cw, pen)
+    du = m.design.times(step)
+    th1, u1 = m.th + step, m.u + du
+    f1 = _objective(u1, th1, m.cw, m.pen)
+    f0 = m.f
     unmeasurable = (slope <= 0) & (-slope <= F_FLOOR * f0.abs().clamp_min(1.0))
     ok = (f1 <= f0 + ARMIJO_C * slope) | unmeasurable
-    t = torch.ones_like(f0)
     if bool(ok.all()):
-        return t, f1, dz
+        m.th, m.u, m.f = th1, u1, f1
+        return None
+    t = torch.ones_like(f0)
     f_new = torch.where(ok, f1, f0)
     for _ in range(MAX_HALVINGS - 1):
         t = torch.where(ok, t, 0.5 * t)
         tt = t[:, None]
-        f1 = _objective(z + tt * dz, th + tt * step, y, cw, pen)
+        f1 = _objective(m.u + tt * du, m.th + tt * step, m.cw, m.pen)
         good = ~ok & (f1 <= f0 + ARMIJO_C * t * slope)
         f_new = torch.where(good, f1, f_new)
         ok |= good
         if bool(ok.all()):
             break
-    return torch.where(ok, t, 0.0), f_new, dz
+    t = torch.where(ok, t, 0.0)
+    m.th, m.u, m.f = m.th + t[:, None] * step, m.u + t[:, None] * du, f_new
+    return t

@@ -186,7 +186,7 @@ def _solve_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, op
     n_iter = torch.zeros(m, dtype=torch.int64, device=xa.device)
     conv = torch.zeros(m, dtype=torch.bool, device=xa.device)
     for sl in batches(m, bounded(batch_size, per_model)):
-        if lean and group.binary and opts.newton:
+        if lean and group.binary and opts.newton and (rows is not None or group.positive is None):
             n_iter[sl], conv[sl] = _solve_binary_chunk(xa, y, w, rows, group, theta[sl], sl, opts)
             continue
         prob = _chunk_problem(xa, y, w, rows, present, group, sl, opts)
@@ -196,12 +196,14 @@ def _solve_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, op
 
 def _solve_binary_chunk(xa, y, w, rows, group: _Group, theta: torch.Tensor, sl: slice,
                         opts: NewtonOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """The lean solver on models ``group.idx[sl]`` (``theta`` their coefficients, updated in place)."""
+    """The lean solver on models ``group.idx[sl]`` (``theta`` their coefficients, updated in place): the design's
+    rows signed by 1 − 2y (shared when all models share their targets, else gathered per model)."""
     idx = group.idx[sl]
-    design = xa if rows is None else xa[rows[idx]]
-    labels = y[None] if rows is None else y[rows[idx]]
-    target = labels if group.positive is None else labels == group.positive[sl, None]
-    return solve_binary(design, target.to(xa.dtype), w[idx], theta, opts)
+    if group.positive is None:
+        xs = xa * (1 - 2 * y.to(xa.dtype))[:, None]
+        return solve_binary(xs if rows is None else xs[rows[idx]], w[idx], theta, opts)
+    sign = 1 - 2 * (y[rows[idx]] == group.positive[sl, None]).to(xa.dtype)
+    return solve_binary(xa[rows[idx]] * sign[..., None], w[idx], theta, opts)
 
 
 def _fit_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, opts: NewtonOptions,
