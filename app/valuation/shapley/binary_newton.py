@@ -50,8 +50,8 @@ class _Design:
 
     def times(self, theta: torch.Tensor) -> torch.Tensor:
         """(b, K) → (b, n) signed logits."""
-        if self.per_model:
-            return torch.bmm(self.xs, theta[:, :, None])[..., 0]
+        if self.per_model:  # a row times the transposed design: MKL's batched (r, K) @ (K, 1) is ~5× slower
+            return torch.bmm(theta[:, None, :], self.xs.transpose(1, 2))[:, 0, :]
         return theta @ self.xt
 
     def t_times(self, r: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,7 @@ class _Design:
             h = torch.bmm(xw.transpose(1, 2), xw)
         else:
             h = (s @ self.outer).view(b, kk, kk)
-        return h.to(torch.float64)
+        return h
 
 
 class _Chunk:
@@ -142,7 +142,7 @@ def _direction(design: _Design, s: torch.Tensor, diag: torch.Tensor, g: torch.Te
     """−H⁻¹g, H = xaᵀ diag(s) xa + diag (float64 Cholesky); a Hessian that is not numerically positive definite
     gets more damping, and as a last resort the step −g/scale."""
     h = design.gram(s)
-    h.diagonal(dim1=1, dim2=2).add_(diag)
+    h.diagonal(dim1=1, dim2=2).add_(diag.to(h.dtype))
     chol, info = torch.linalg.cholesky_ex(h)
     bad = info != 0
     if bool(bad.any()):
@@ -151,7 +151,7 @@ def _direction(design: _Design, s: torch.Tensor, diag: torch.Tensor, g: torch.Te
         fixed, info2 = torch.linalg.cholesky_ex(h[bad] + 1e-6 * scale[bad, None, None] * eye)
         fixed[info2 != 0] = eye * scale[bad][info2 != 0, None, None].sqrt()
         chol[bad] = fixed
-    step = -torch.cholesky_solve(g[:, :, None], chol)[..., 0]
+    step = -torch.cholesky_solve(g[:, :, None].to(chol.dtype), chol)[..., 0].to(g.dtype)
     return torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
 
 
