@@ -163,11 +163,11 @@ def _armijo(m: _Chunk, g: torch.Tensor, step: torch.Tensor) -> torch.Tensor | No
     th1, u1 = m.th + step, m.u + du
     f1 = _objective(u1, th1, m.cw, m.pen)
     f0 = m.f
-    unmeasurable = (slope <= 0) & (-slope <= F_FLOOR * f0.abs().clamp_min(1.0))
-    ok = (f1 <= f0 + ARMIJO_C * slope) | unmeasurable
+    ok = f1 <= f0 + ARMIJO_C * slope
     if bool(ok.all()):
         m.th, m.u, m.f = th1, u1, f1
         return None
+    ok |= (slope <= 0) & (-slope <= F_FLOOR * f0.abs().clamp_min(1.0))  # unmeasurable: taken whole
     t = torch.ones_like(f0)
     f_new = torch.where(ok, f1, f0)
     for _ in range(MAX_HALVINGS - 1):

@@ -271,7 +271,7 @@ def fit_logistic(
     b, d = w.shape[0], x.shape[1]
     k = 1 if n_cls == 2 else n_cls
     onehot = F.one_hot(y, n_cls).to(x.dtype)
-    present = (w @ onehot if rows is None else torch.einsum("br,brc->bc", w, onehot[rows])) > 0  # (B, C)
+    present = (w @ onehot if rows is None else torch.bmm(w[:, None, :], onehot[rows])[:, 0]) > 0  # (B, C)
     # Solve in centred coordinates (the model is shift-invariant through its unpenalised intercept; the
     # float32 Hessian of uncentred features with a large offset would steer badly); coefficients map back below.
     shift = x.mean(0) if x.shape[0] else torch.zeros(d, dtype=x.dtype, device=x.device)
@@ -287,9 +287,9 @@ def fit_logistic(
         opts = NewtonOptions(float(C), float(tol), int(max_iter), newton, DEFAULT_MAX_CG if max_cg is None else max_cg,
                              x.dtype if hessian_dtype is None else hessian_dtype, chord=(d + 1) * k_g >= CHORD_MIN_DIM)
         theta = _group_start(group, start, present)
-        theta[:, -1, :] += torch.einsum("d,bdk->bk", shift, theta[:, :-1, :])  # to centred coordinates
+        theta[:, -1, :] += (shift[:, None] * theta[:, :-1, :]).sum(1)  # to centred coordinates
         it, conv, again = _fit_group(xa, y, w, rows, present, group, theta, opts, batch_size)
-        theta[:, -1, :] -= torch.einsum("d,bdk->bk", shift, theta[:, :-1, :])  # back to the features as given
+        theta[:, -1, :] -= (shift[:, None] * theta[:, :-1, :]).sum(1)  # back to the features as given
         _group_store(group, coef, theta)
         n_iter[group.idx], converged[group.idx], retried[group.idx] = it, conv, again
     return LogisticFit(coef=coef, class_mask=present, fitted=fitted, n_iter=n_iter, converged=converged,
