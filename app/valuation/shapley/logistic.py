@@ -35,6 +35,7 @@ step, max(``RETRY_ITER``, ``max_iter``) more iterations. ``retried`` marks those
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -200,7 +201,7 @@ def _solve_binary_chunk(xa, y, w, rows, group: _Group, theta: torch.Tensor, sl: 
     rows signed by 1 − 2y (shared when all models share their targets, else gathered per model)."""
     idx = group.idx[sl]
     if group.positive is None:
-        xs = xa * (1 - 2 * y.to(xa.dtype))[:, None]
+        xs = _memo("signed", (xa, y), lambda: xa * (1 - 2 * y.to(xa.dtype))[:, None])
         return solve_binary(xs if rows is None else xs[rows[idx]], w[idx], theta, opts)
     sign = 1 - 2 * (y[rows[idx]] == group.positive[sl, None]).to(xa.dtype)
     return solve_binary(xa[rows[idx]] * sign[..., None], w[idx], theta, opts)
@@ -221,6 +222,31 @@ def _fit_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, opts
         it2, conv2 = _solve_group(xa, y, w, rows, present, sub, th, patient, batch_size)
         theta[again], n_iter[again], conv[again] = th, n_iter[again] + it2, conv2
     return n_iter, conv, retried
+
+
+def _centred(x: torch.Tensor, y: torch.Tensor, n_cls: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(shift, the centred design [x − shift, 1], one-hot labels). Models are solved in centred coordinates (the
+    model is shift-invariant through its unpenalised intercept; the float32 Hessian of uncentred features with a
+    large offset would steer badly); coefficients map back in :func:`fit_logistic`."""
+    shift = x.mean(0) if x.shape[0] else torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+    return shift, augment(x - shift), F.one_hot(y, n_cls).to(x.dtype)
+
+
+_MEMO: dict[object, tuple[tuple, object]] = {}
+
+
+def _memo(name: object, keys: tuple[torch.Tensor, ...], make):
+    """``make()``, kept for the next call with the very same, unmodified tensors ``keys`` (held weakly). A TMC
+    run fits thousands of chunks on one utility's design: its centring, one-hot labels and signed rows are made
+    once, not per call."""
+    hit = _MEMO.get(name)
+    if hit is not None and len(hit[0]) == len(keys) and all(
+        ref() is t and version == t._version for (ref, version), t in zip(hit[0], keys, strict=True)
+    ):
+        return hit[1]
+    value = make()
+    _MEMO[name] = (tuple((weakref.ref(t), t._version) for t in keys), value)
+    return value
 
 
 def _initial_coefficients(init, b: int, d: int, k: int, like: torch.Tensor) -> torch.Tensor:
@@ -270,12 +296,8 @@ def fit_logistic(
         raise ValuationError(f"unknown solver {solver!r}")
     b, d = w.shape[0], x.shape[1]
     k = 1 if n_cls == 2 else n_cls
-    onehot = F.one_hot(y, n_cls).to(x.dtype)
+    shift, xa, onehot = _memo(("centred", n_cls), (x, y), lambda: _centred(x, y, n_cls))
     present = (w @ onehot if rows is None else torch.bmm(w[:, None, :], onehot[rows])[:, 0]) > 0  # (B, C)
-    # Solve in centred coordinates (the model is shift-invariant through its unpenalised intercept; the
-    # float32 Hessian of uncentred features with a large offset would steer badly); coefficients map back below.
-    shift = x.mean(0) if x.shape[0] else torch.zeros(d, dtype=x.dtype, device=x.device)
-    xa = augment(x - shift)
     start = _initial_coefficients(init, b, d, k, x)
     coef = torch.zeros_like(start)
     fitted = present.sum(1) >= 2
