@@ -16,7 +16,9 @@ its rows hold, as scikit-learn's ``LogisticRegression(C)`` fitted on those rows 
 - fewer than two classes: not fitted (``fitted`` False, coefficients 0); the caller scores those.
 
 **Solver** (:mod:`app.valuation.shapley.newton`): damped Newton with Armijo backtracking, all models of a
-chunk at once; objective and gradient always in float64. ``newton`` (while (d+1)·k ≤ ``newton_max_dim``, k = 1
+chunk at once; objective and gradient always in float64. Binary models with an explicit Hessian are solved first
+by the lean :mod:`app.valuation.shapley.binary_newton` (same rules, a fresh factor every step, far fewer small
+torch calls); what it leaves unconverged goes to the retry below. ``newton`` (while (d+1)·k ≤ ``newton_max_dim``, k = 1
 binary or #classes): the Hessian is *formed* in ``hessian_dtype`` (float32 by default, 3–5× faster; it only
 steers), factored by Cholesky in float64 and kept as an explicit inverse; where (d+1)·k ≥ ``CHORD_MIN_DIM`` a
 model reuses it (a chord step: one product) while its steps shrink fast. ``newton-cg`` (larger problems): the
