@@ -64,7 +64,7 @@ class _Design:
         return r @ self.xs
 
     def gram(self, s: torch.Tensor) -> torch.Tensor:
-        """(b, K, K) float64 xsᵀ diag(s_b) xs (= xaᵀ diag(s_b) xa), formed in the Hessian dtype (s ≥ 0)."""
+        """(b, K, K) xsᵀ diag(s_b) xs (= xaᵀ diag(s_b) xa) in the Hessian dtype (s ≥ 0)."""
         b, kk = s.shape[0], self.xs.shape[-1]
         s = s.to(self.h_dtype)
         if self.per_model:
@@ -111,7 +111,7 @@ def solve_binary(xs: torch.Tensor, w: torch.Tensor, theta: torch.Tensor, opts: N
         return n_iter, converged
     pen = torch.ones(kk, dtype=theta.dtype, device=dev)
     pen[-1] = 0.0
-    diag = (pen + NEWTON_DAMPING)[None, :]
+    diag = (pen + NEWTON_DAMPING)[None, :].to(opts.hessian_dtype)
     cw = opts.c * w
     m = _Chunk(_Design(xs, opts.hessian_dtype), theta[..., 0].clone(), cw, opts.tol * cw.sum(1).clamp_min(1.0), pen)
     for it in range(opts.max_iter + 1):  # the last pass only tests the final iterate
@@ -142,10 +142,10 @@ def _objective(u: torch.Tensor, th: torch.Tensor, cw: torch.Tensor, pen: torch.T
 
 
 def _direction(design: _Design, s: torch.Tensor, diag: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """−H⁻¹g, H = xaᵀ diag(s) xa + diag (float64 Cholesky); a Hessian that is not numerically positive definite
-    gets more damping, and as a last resort the step −g/scale."""
+    """−H⁻¹g, H = xaᵀ diag(s) xa + diag, by Cholesky in the Hessian dtype (``diag`` is in it too); a Hessian
+    that is not numerically positive definite gets more damping, and as a last resort the step −g/scale."""
     h = design.gram(s)
-    h.diagonal(dim1=1, dim2=2).add_(diag.to(h.dtype))
+    h.diagonal(dim1=1, dim2=2).add_(diag)
     chol, info = torch.linalg.cholesky_ex(h)
     bad = info != 0
     if bool(bad.any()):
