@@ -238,16 +238,23 @@ _MEMO: dict[object, tuple[tuple, object]] = {}
 
 
 def _memo(name: object, keys: tuple[torch.Tensor, ...], make):
-    """``make()``, kept for the next call with the very same, unmodified tensors ``keys`` (held weakly). A TMC
-    run fits thousands of chunks on one utility's design: its centring, one-hot labels and signed rows are made
-    once, not per call."""
+    """``make()``, kept for the next call with the very same, unmodified tensors ``keys`` (held weakly; the entry
+    goes when one of them does). A TMC run fits thousands of chunks on one utility's design: its centring,
+    one-hot labels and signed rows are made once, not per call."""
     hit = _MEMO.get(name)
     if hit is not None and len(hit[0]) == len(keys) and all(
         ref() is t and version == t._version for (ref, version), t in zip(hit[0], keys, strict=True)
     ):
         return hit[1]
     value = make()
-    _MEMO[name] = (tuple((weakref.ref(t), t._version) for t in keys), value)
+    entry: list = []  # filled below: a key's death drops this entry only, not a later one under the same name
+
+    def forget(_ref) -> None:
+        if entry and _MEMO.get(name) is entry[0]:
+            _MEMO.pop(name, None)
+
+    entry.append((tuple((weakref.ref(t, forget), t._version) for t in keys), value))
+    _MEMO[name] = entry[0]
     return value
 
 

@@ -64,3 +64,18 @@ def test_models_the_lean_solver_gives_up_on_are_retried(monkeypatch):
     fit = fit_logistic(torch.tensor(x), torch.tensor(y), masks, max_iter=5)
     assert bool(fit.retried[fit.fitted].all()) and bool(fit.converged.all())
     assert np.all(fit.n_iter[fit.fitted].numpy() > 5)
+
+
+def test_the_design_memo_follows_in_place_changes():
+    """fit_logistic keeps the centred design of the last features it saw: changed in place, they are centred
+    afresh (the fit equals one on a copy), and the memo lets go of features nobody holds."""
+    x, y, _, _ = multiclass_task(2, 30, 3, 2)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    masks = torch.ones((2, 30), dtype=torch.bool)
+    fit_logistic(xt, yt, masks)
+    xt[:, 0] += 5.0
+    again = fit_logistic(xt, yt, masks)
+    fresh = fit_logistic(xt.clone(), yt, masks)
+    torch.testing.assert_close(again.coef, fresh.coef, atol=1e-9, rtol=0)
+    del xt, fresh
+    assert all(ref() is not None for entry in logistic._MEMO.values() for ref, _ in entry[0])
