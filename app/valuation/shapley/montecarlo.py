@@ -163,9 +163,10 @@ class PermutationBatch(BatchTask):
     def __call__(self, b: int) -> ValuationResult:
         n, dev = int(self.utility.n_players), self.utility.device
         perms = random_permutations(self.seed, b, self.batch_size, n, dev)
-        phi, evaluations, truncated = permutation_marginals(
-            self.utility, perms, self.u_empty, self.u_full, truncation=self.truncation, patience=self.patience,
-            prefix_block=self.prefix_block, weights=self.weights)
+        with self.utility.computing():
+            phi, evaluations, truncated = permutation_marginals(
+                self.utility, perms, self.u_empty, self.u_full, truncation=self.truncation, patience=self.patience,
+                prefix_block=self.prefix_block, weights=self.weights)
         part = ValuationResult(n, estimator=self.estimator, seed=self.seed, device=dev)
         part.stats = RunningStats.of_dense(phi)
         part.batches = {b}
@@ -186,7 +187,8 @@ class SubsetBatch(BatchTask):
     def __call__(self, b: int) -> ValuationResult:
         n, dev = int(self.utility.n_players), self.utility.device
         masks = random_subsets(self.seed, b, self.batch_size, n, dev)
-        u = self.utility.values(masks).to(dev, _F64)
+        with self.utility.computing():
+            u = self.utility.values(masks).to(dev, _F64)
         part = ValuationResult(n, estimator="banzhaf_msr", seed=self.seed, paired=True, device=dev)
         part.update_subsets(masks, u)
         part.batches = {b}

@@ -389,6 +389,12 @@ class ModelUtility(Utility):
     def counters(self) -> dict[str, int]:
         return dict(self.stats)
 
+    def computing(self):
+        """The configured torch threads for a whole batch. Set and restored around every call only, the threads
+        an estimator's own small ops ran on between calls woke and spun (measured: +55% CPU, +12% wall time, TMC
+        at n = 100 with threads=1 on 2 cores)."""
+        return torch_threads(self.config.threads)
+
     # ------------------------------------------------------------------------------------------------------
 
     def values(self, masks: torch.Tensor) -> torch.Tensor:
