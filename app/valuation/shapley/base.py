@@ -10,6 +10,7 @@ Both run on the utility's device; estimators never look inside a utility.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 
 import torch
@@ -63,6 +64,11 @@ class Utility(ABC):
         masks = ranks[row] < lengths[row, col][:, None]
         out[row, col] = self.values(masks).to(dev, torch.float64)
         return out
+
+    def computing(self) -> contextlib.AbstractContextManager:
+        """The context estimators run a whole batch in (a model utility: its torch thread count), so that a setting
+        holds across the batch's many calls instead of being set and restored around each one. None by default."""
+        return contextlib.nullcontext()
 
     def counters(self) -> dict[str, int]:
         """Running counts of what the utility did (e.g. models fitted, fits not converged); estimators record how

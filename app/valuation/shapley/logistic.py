@@ -16,7 +16,9 @@ its rows hold, as scikit-learn's ``LogisticRegression(C)`` fitted on those rows 
 - fewer than two classes: not fitted (``fitted`` False, coefficients 0); the caller scores those.
 
 **Solver** (:mod:`app.valuation.shapley.newton`): damped Newton with Armijo backtracking, all models of a
-chunk at once; objective and gradient always in float64. ``newton`` (while (d+1)·k ≤ ``newton_max_dim``, k = 1
+chunk at once; objective and gradient always in float64. Binary models with an explicit Hessian are solved first
+by the lean :mod:`app.valuation.shapley.binary_newton` (same rules, a fresh factor every step, far fewer small
+torch calls); what it leaves unconverged goes to the retry below. ``newton`` (while (d+1)·k ≤ ``newton_max_dim``, k = 1
 binary or #classes): the Hessian is *formed* in ``hessian_dtype`` (float32 by default, 3–5× faster; it only
 steers), factored by Cholesky in float64 and kept as an explicit inverse; where (d+1)·k ≥ ``CHORD_MIN_DIM`` a
 model reuses it (a chord step: one product) while its steps shrink fast. ``newton-cg`` (larger problems): the
@@ -35,6 +37,7 @@ step, max(``RETRY_ITER``, ``max_iter``) more iterations. ``retried`` marks those
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from app.valuation.errors import ValuationError
+from app.valuation.shapley.binary_newton import solve_binary
 from app.valuation.shapley.design import augment, batches, bounded, check_rows, check_xyw, design_times
 from app.valuation.shapley.newton import CHORD_MIN_DIM, DEFAULT_MAX_CG, LogisticProblem, NewtonOptions, solve
 
@@ -173,8 +177,9 @@ def _chunk_problem(xa, y, w, rows, present, group: _Group, sl: slice, opts: Newt
 
 
 def _solve_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, opts: NewtonOptions,
-                 batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit the group's models chunk by chunk (``theta`` updated in place); returns (n_iter, converged)."""
+                 batch_size: int | None, lean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit the group's models chunk by chunk (``theta`` updated in place); returns (n_iter, converged).
+    ``lean``: binary explicit-Newton chunks go to :func:`~app.valuation.shapley.binary_newton.solve_binary`."""
     m, kk, k = theta.shape
     kdim = kk * k
     rows_cols = (xa.shape[0] if rows is None else rows.shape[1]) * kk
@@ -184,16 +189,31 @@ def _solve_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, op
     n_iter = torch.zeros(m, dtype=torch.int64, device=xa.device)
     conv = torch.zeros(m, dtype=torch.bool, device=xa.device)
     for sl in batches(m, bounded(batch_size, per_model)):
+        if lean and group.binary and opts.newton and (rows is not None or group.positive is None):
+            n_iter[sl], conv[sl] = _solve_binary_chunk(xa, y, w, rows, group, theta[sl], sl, opts)
+            continue
         prob = _chunk_problem(xa, y, w, rows, present, group, sl, opts)
         n_iter[sl], conv[sl] = solve(prob, theta[sl], opts)
     return n_iter, conv
+
+
+def _solve_binary_chunk(xa, y, w, rows, group: _Group, theta: torch.Tensor, sl: slice,
+                        opts: NewtonOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lean solver on models ``group.idx[sl]`` (``theta`` their coefficients, updated in place): the design's
+    rows signed by 1 − 2y (shared when all models share their targets, else gathered per model)."""
+    idx = group.idx[sl]
+    if group.positive is None:
+        xs = _memo("signed", (xa, y), lambda: xa * (1 - 2 * y.to(xa.dtype))[:, None])
+        return solve_binary(xs if rows is None else xs[rows[idx]], w[idx], theta, opts)
+    sign = 1 - 2 * (y[rows[idx]] == group.positive[sl, None]).to(xa.dtype)
+    return solve_binary(xa[rows[idx]] * sign[..., None], w[idx], theta, opts)
 
 
 def _fit_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, opts: NewtonOptions,
                batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve, then retry the models that did not converge (see the module docstring); returns (n_iter,
     converged, retried)."""
-    n_iter, conv = _solve_group(xa, y, w, rows, present, group, theta, opts, batch_size)
+    n_iter, conv = _solve_group(xa, y, w, rows, present, group, theta, opts, batch_size, lean=True)
     retried = ~conv
     again = retried.nonzero().squeeze(1)
     if again.numel():
@@ -204,6 +224,38 @@ def _fit_group(xa, y, w, rows, present, group: _Group, theta: torch.Tensor, opts
         it2, conv2 = _solve_group(xa, y, w, rows, present, sub, th, patient, batch_size)
         theta[again], n_iter[again], conv[again] = th, n_iter[again] + it2, conv2
     return n_iter, conv, retried
+
+
+def _centred(x: torch.Tensor, y: torch.Tensor, n_cls: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(shift, the centred design [x − shift, 1], one-hot labels). Models are solved in centred coordinates (the
+    model is shift-invariant through its unpenalised intercept; the float32 Hessian of uncentred features with a
+    large offset would steer badly); coefficients map back in :func:`fit_logistic`."""
+    shift = x.mean(0) if x.shape[0] else torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+    return shift, augment(x - shift), F.one_hot(y, n_cls).to(x.dtype)
+
+
+_MEMO: dict[object, tuple[tuple, object]] = {}
+
+
+def _memo(name: object, keys: tuple[torch.Tensor, ...], make):
+    """``make()``, kept for the next call with the very same, unmodified tensors ``keys`` (held weakly; the entry
+    goes when one of them does). A TMC run fits thousands of chunks on one utility's design: its centring,
+    one-hot labels and signed rows are made once, not per call."""
+    hit = _MEMO.get(name)
+    if hit is not None and len(hit[0]) == len(keys) and all(
+        ref() is t and version == t._version for (ref, version), t in zip(hit[0], keys, strict=True)
+    ):
+        return hit[1]
+    value = make()
+    entry: list = []  # filled below: a key's death drops this entry only, not a later one under the same name
+
+    def forget(_ref) -> None:
+        if entry and _MEMO.get(name) is entry[0]:
+            _MEMO.pop(name, None)
+
+    entry.append((tuple((weakref.ref(t, forget), t._version) for t in keys), value))
+    _MEMO[name] = entry[0]
+    return value
 
 
 def _initial_coefficients(init, b: int, d: int, k: int, like: torch.Tensor) -> torch.Tensor:
@@ -253,12 +305,8 @@ def fit_logistic(
         raise ValuationError(f"unknown solver {solver!r}")
     b, d = w.shape[0], x.shape[1]
     k = 1 if n_cls == 2 else n_cls
-    onehot = F.one_hot(y, n_cls).to(x.dtype)
-    present = (w @ onehot if rows is None else torch.einsum("br,brc->bc", w, onehot[rows])) > 0  # (B, C)
-    # Solve in centred coordinates (the model is shift-invariant through its unpenalised intercept; the
-    # float32 Hessian of uncentred features with a large offset would steer badly); coefficients map back below.
-    shift = x.mean(0) if x.shape[0] else torch.zeros(d, dtype=x.dtype, device=x.device)
-    xa = augment(x - shift)
+    shift, xa, onehot = _memo(("centred", n_cls), (x, y), lambda: _centred(x, y, n_cls))
+    present = (w @ onehot if rows is None else torch.bmm(w[:, None, :], onehot[rows])[:, 0]) > 0  # (B, C)
     start = _initial_coefficients(init, b, d, k, x)
     coef = torch.zeros_like(start)
     fitted = present.sum(1) >= 2
@@ -270,9 +318,9 @@ def fit_logistic(
         opts = NewtonOptions(float(C), float(tol), int(max_iter), newton, DEFAULT_MAX_CG if max_cg is None else max_cg,
                              x.dtype if hessian_dtype is None else hessian_dtype, chord=(d + 1) * k_g >= CHORD_MIN_DIM)
         theta = _group_start(group, start, present)
-        theta[:, -1, :] += torch.einsum("d,bdk->bk", shift, theta[:, :-1, :])  # to centred coordinates
+        theta[:, -1, :] += (shift[:, None] * theta[:, :-1, :]).sum(1)  # to centred coordinates
         it, conv, again = _fit_group(xa, y, w, rows, present, group, theta, opts, batch_size)
-        theta[:, -1, :] -= torch.einsum("d,bdk->bk", shift, theta[:, :-1, :])  # back to the features as given
+        theta[:, -1, :] -= (shift[:, None] * theta[:, :-1, :]).sum(1)  # back to the features as given
         _group_store(group, coef, theta)
         n_iter[group.idx], converged[group.idx], retried[group.idx] = it, conv, again
     return LogisticFit(coef=coef, class_mask=present, fitted=fitted, n_iter=n_iter, converged=converged,

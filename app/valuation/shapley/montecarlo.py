@@ -107,17 +107,24 @@ def permutation_marginals(
         start = pos[active]
         block = utility.ragged_prefix_values(permutations[active], start, start + width).to(dev, _F64)  # (A, W)
         evaluations += int(width.sum())
-        t = torch.arange(block.shape[1], device=dev)
-        inside = t[None, :] < width[:, None]
-        row, col = inside.nonzero(as_tuple=True)
-        v[active[row], start[row] + col] = block[row, col]
+        single = block.shape[1] == 1  # one prefix each (always with patience 0): no ragged bookkeeping
+        if single:
+            v[active, start] = block[:, 0]
+        else:
+            t = torch.arange(block.shape[1], device=dev)
+            inside = t[None, :] < width[:, None]
+            row, col = inside.nonzero(as_tuple=True)
+            v[active[row], start[row] + col] = block[row, col]
         pos[active] = start + width
         done = pos[active] >= n
         if tol is not None:
             close = (block - u_full).abs() < tol  # NaN past a row's width: not close, and never read below
-            last_far = torch.where(close, -1, t).cummax(dim=1).values  # last position not close, −1 if none
-            runs = torch.where(last_far >= 0, t - last_far, t + 1 + run[active][:, None])
-            run[active] = runs.gather(1, (width - 1)[:, None])[:, 0]
+            if single:
+                run[active] = torch.where(close[:, 0], run[active] + 1, 0)
+            else:
+                last_far = torch.where(close, -1, t).cummax(dim=1).values  # last position not close, −1 if none
+                runs = torch.where(last_far >= 0, t - last_far, t + 1 + run[active][:, None])
+                run[active] = runs.gather(1, (width - 1)[:, None])[:, 0]
             hit = run[active] > patience  # by the widths, only possible at a row's last new prefix
             if bool(hit.any()):
                 rows = active[hit]
@@ -156,9 +163,10 @@ class PermutationBatch(BatchTask):
     def __call__(self, b: int) -> ValuationResult:
         n, dev = int(self.utility.n_players), self.utility.device
         perms = random_permutations(self.seed, b, self.batch_size, n, dev)
-        phi, evaluations, truncated = permutation_marginals(
-            self.utility, perms, self.u_empty, self.u_full, truncation=self.truncation, patience=self.patience,
-            prefix_block=self.prefix_block, weights=self.weights)
+        with self.utility.computing():
+            phi, evaluations, truncated = permutation_marginals(
+                self.utility, perms, self.u_empty, self.u_full, truncation=self.truncation, patience=self.patience,
+                prefix_block=self.prefix_block, weights=self.weights)
         part = ValuationResult(n, estimator=self.estimator, seed=self.seed, device=dev)
         part.stats = RunningStats.of_dense(phi)
         part.batches = {b}
@@ -179,7 +187,8 @@ class SubsetBatch(BatchTask):
     def __call__(self, b: int) -> ValuationResult:
         n, dev = int(self.utility.n_players), self.utility.device
         masks = random_subsets(self.seed, b, self.batch_size, n, dev)
-        u = self.utility.values(masks).to(dev, _F64)
+        with self.utility.computing():
+            u = self.utility.values(masks).to(dev, _F64)
         part = ValuationResult(n, estimator="banzhaf_msr", seed=self.seed, paired=True, device=dev)
         part.update_subsets(masks, u)
         part.batches = {b}

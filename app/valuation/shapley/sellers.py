@@ -92,6 +92,9 @@ class SellerUtility(Utility):
     def counters(self) -> dict[str, int]:
         return self.point_utility.counters()
 
+    def computing(self):
+        return self.point_utility.computing()
+
 
 def seller_shapley(
     seller_utility: SellerUtility,

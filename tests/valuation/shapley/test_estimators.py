@@ -510,3 +510,30 @@ def test_record_goes_into_params_and_is_checked_on_resume():
                       progress=lambda res, p: fractions.append(p.completion))
     assert e.params["model"] == "logistic" and fractions == [100 / 256, 200 / 256, 1.0]
 
+
+
+def test_a_batch_runs_under_the_utilitys_thread_count(monkeypatch):
+    """A model utility's ``threads`` hold for the whole batch, the estimator's own ops between utility calls
+    included (set and restored around each call only, torch's other threads woke and spun in between), and
+    the process's setting is back afterwards."""
+    from app.valuation.shapley import montecarlo
+    from app.valuation.shapley.utilities import ModelUtility
+
+    seen = []
+    real = montecarlo.permutation_marginals
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(montecarlo, "permutation_marginals", spy)
+    rng = np.random.default_rng(0)
+    x, xv = rng.normal(size=(12, 2)), rng.normal(size=(20, 2))
+    y, yv = (x[:, 0] > 0).astype(int), (xv[:, 0] > 0).astype(int)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the process runs two threads, the utility one
+    try:
+        tmc_shapley(ModelUtility(x, y, xv, yv, threads=1), seed=0, batch_size=2, stop=MaxPermutations(4))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
