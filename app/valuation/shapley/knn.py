@@ -202,8 +202,13 @@ def knn_shapley(
     if dev.type != "cpu":
         return knn_shapley_torch(x_train, y_train, x_val, y_val, k, device=dev, exact=exact, chunk_size=chunk_size)
     arrays = [a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a for a in (x_train, y_train, x_val, y_val)]
-    return torch.from_numpy(knn_shapley_cpu(*arrays, k, exact=exact, threads=torch.get_num_threads(),
-                                            block_rows=chunk_size))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the scan's threads are the parallelism (it uses torch's cumsum kernel in each)
+    try:
+        values = knn_shapley_cpu(*arrays, k, exact=exact, threads=threads, block_rows=chunk_size)
+    finally:
+        torch.set_num_threads(threads)
+    return torch.from_numpy(values)
 
 
 def knn_shapley_torch(x_train, y_train, x_val, y_val, k: int = 5, *, device: str | torch.device = "cpu",

@@ -1,12 +1,14 @@
-r"""Exact KNN-Shapley on the CPU with numpy alone: the maths, ranking and tie-breaking of :mod:`knn` (read its
-docstring for the recursion and the packed (distance, index) keys), without torch.
+r"""Exact KNN-Shapley on the CPU in numpy: the maths, ranking and tie-breaking of :mod:`knn` (read its docstring
+for the recursion and the packed (distance, index) keys), without needing torch.
 
-Why a second implementation: on the CPU this one is both faster and lighter. Faster, because each block of
-validation rows goes through packing, sorting, label matching, the cumulative sum and the scatter while its
-arrays are still in cache, and the blocks are shared among threads (numpy releases the GIL in all of them); a
-chain of whole-matrix torch operations streams a few hundred MB through memory per step instead. Lighter,
-because a small job's process never imports torch (about a second of start-up). The torch module keeps the
-device path (CUDA) and calls this one for CPU tensors, so both give the same values.
+Why a second implementation: on the CPU this one is both faster and lighter. Faster, because each thread takes
+a share of the validation rows and does all of their work: one matrix product per block of rows (BLAS held to
+one thread meanwhile), then packing, sorting, label matching, the cumulative sum and the scatter a few rows at a
+time, while the arrays are still in cache (numpy releases the GIL in all of them). A chain of whole-matrix torch
+operations streams a few hundred MB through memory per step instead. Lighter, because a small job's process
+never imports torch (about a second of start-up); where torch is loaded anyway, its cumulative-sum kernel is
+used (four times numpy's speed). The torch module keeps the device path (CUDA) and calls this one for CPU
+tensors, so both give the same values.
 
 One pass gives the values, U(N) (the label matches among each row's K nearest) and, when asked, each row's
 nearest ``keep`` training points in order, from which :class:`KnnScores` scores KNN classifiers trained on
@@ -16,6 +18,7 @@ subsets (the removal curve) without ranking the points again.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,10 +27,12 @@ import numpy as np
 from app.valuation.errors import ValuationError
 from app.valuation.labels import encode_label_arrays
 
-#: validation rows whose distances are computed by one matrix product (bytes of float64 distances)
-BLOCK_BYTES = 128 * 2**20
+#: validation rows whose distances one thread computes by one matrix product (bytes of float64 distances)
+BLOCK_BYTES = 32 * 2**20
 #: training points per thread step: a step's arrays (keys, order, matches, sums, values) stay in cache
 STEP_CELLS = 1 << 18
+#: below this many (validation, training) pairs the scan runs in the calling thread
+SMALL_JOB_CELLS = 1 << 20
 
 
 def features(x, name: str) -> np.ndarray:
@@ -99,8 +104,26 @@ class _Partial:
     total: np.ndarray
     f: np.ndarray
     sv: np.ndarray
+    gram: np.ndarray
     constant: float = 0.0
     hits: int = 0
+
+
+def cumsum_rows_numpy(f: np.ndarray) -> None:
+    np.cumsum(f, axis=1, out=f)
+
+
+def cumsum_rows_torch(f: np.ndarray) -> None:
+    import torch
+
+    torch.from_numpy(f).cumsum_(dim=1)
+
+
+def _cumsum_rows():
+    """In-place cumulative sums along rows. numpy's runs at ~4 ns an element (a scalar loop); where torch is
+    already loaded (a library call through :mod:`knn`), its vectorised kernel takes a quarter of that. A run that
+    has not loaded torch does not load it for this. (The two may differ in the last bit of a sum.)"""
+    return cumsum_rows_torch if "torch" in sys.modules else cumsum_rows_numpy
 
 
 def default_threads() -> int:
@@ -113,9 +136,9 @@ class _Scan:
     def __init__(self, xt, yt, xv, yv, k: int, exact: bool, keep: int, threads: int | None,
                  block_rows: int | None) -> None:
         self.xt, self.yt, self.xv, self.yv, self.k, self.exact = xt, yt, xv, yv, k, exact
-        self.block_rows = block_rows
         n = xt.shape[0]
         self.c, self.e, self.last = shapley_coefficients(n, k)
+        self.cumsum_rows = _cumsum_rows()
         self.xt_sq = np.einsum("ij,ij->i", xt, xt)
         self.xv_sq = np.einsum("ij,ij->i", xv, xv)
         self.xt_m2 = -2.0 * xt
@@ -124,47 +147,51 @@ class _Scan:
         self.yt_small, self.yv_small = yt.astype(small), yv.astype(small)
         self.keep = min(keep, n)
         self.near = np.empty((xv.shape[0], self.keep), dtype=np.int64)
-        self.threads = max(1, threads or default_threads())
+        # a small job stays in one thread: a pool and the BLAS limits would cost more than they save
+        self.threads = 1 if n * xv.shape[0] < SMALL_JOB_CELLS else max(1, threads or default_threads())
         step = self.step = max(1, STEP_CELLS // n)
-        self.parts = [_Partial(np.zeros(n), np.empty((step, n)), np.empty((step, n))) for _ in range(self.threads)]
+        self.block = max(1, block_rows or BLOCK_BYTES // (8 * n))
+        self.parts = [_Partial(np.zeros(n), np.empty((step, n)), np.empty((step, n)), np.empty((self.block, n)))
+                      for _ in range(self.threads)]
 
-    def _rows(self, part: _Partial, gram: np.ndarray, r0: int) -> None:
-        """Rows r0.. of this block (``gram`` their −2 q·r), a few at a time: distances, ranks, values."""
+    def _rows(self, part: _Partial, r0: int, r1: int) -> None:
+        """Validation rows r0..r1 (this thread's share): a block's −2 q·r by one matrix product, then a few rows
+        at a time in cache: distances, ranks, values."""
         n, k, step = self.xt.shape[0], self.k, self.step
-        for s in range(0, gram.shape[0], step):
-            rows = slice(r0 + s, r0 + s + min(step, gram.shape[0] - s))
-            sqd = gram[s : s + step]
-            sqd += self.xt_sq
-            sqd += self.xv_sq[rows, None]
-            np.maximum(sqd, 0.0, out=sqd)
-            order = rank_rows(sqd, exact=self.exact)
-            match = self.yt_small[order] == self.yv_small[rows, None]
-            f = np.multiply(match, self.e, out=part.f[: match.shape[0]])
-            np.cumsum(f, axis=1, out=f)
-            sv = np.multiply(match, self.c, out=part.sv[: match.shape[0]])
-            sv -= f
-            part.total += np.bincount(order.ravel(), weights=sv.ravel(), minlength=n)
-            part.constant += float(f[:, -1].sum() + match[:, -1].sum() * (self.last - self.c[-1]))
-            part.hits += int(match[:, :k].sum())
-            if self.keep:
-                self.near[rows] = order[:, : self.keep]
+        for b0 in range(r0, r1, self.block):
+            b1 = min(b0 + self.block, r1)
+            gram = np.matmul(self.xv[b0:b1], self.xt_m2.T, out=part.gram[: b1 - b0])
+            for s in range(b0, b1, step):
+                rows = slice(s, min(s + step, b1))
+                sqd = gram[s - b0 : rows.stop - b0]
+                sqd += self.xt_sq
+                sqd += self.xv_sq[rows, None]
+                np.maximum(sqd, 0.0, out=sqd)
+                order = rank_rows(sqd, exact=self.exact)
+                match = self.yt_small[order] == self.yv_small[rows, None]
+                f = np.multiply(match, self.e, out=part.f[: match.shape[0]])
+                self.cumsum_rows(f)
+                sv = np.multiply(match, self.c, out=part.sv[: match.shape[0]])
+                sv -= f
+                part.total += np.bincount(order.ravel(), weights=sv.ravel(), minlength=n)
+                part.constant += float(f[:, -1].sum() + match[:, -1].sum() * (self.last - self.c[-1]))
+                part.hits += int(match[:, :k].sum())
+                if self.keep:
+                    self.near[rows] = order[:, : self.keep]
 
     def run(self) -> _Scan:
-        m, n = self.xv.shape[0], self.xt.shape[0]
-        block = self.block_rows or max(self.threads, BLOCK_BYTES // (8 * n))
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="knn") if self.threads > 1 else None
-        try:
-            for b0 in range(0, m, block):
-                gram = self.xv[b0 : b0 + block] @ self.xt_m2.T  # one matrix product; the rest per step, in cache
-                bounds = np.linspace(0, gram.shape[0], self.threads + 1).astype(int)
-                jobs = [(self.parts[i], gram[bounds[i] : bounds[i + 1]], b0 + bounds[i]) for i in range(self.threads)]
-                if pool is None:
-                    self._rows(*jobs[0])
-                else:
-                    list(pool.map(lambda job: self._rows(*job), jobs))
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        """Each thread takes a contiguous share of the rows and does all of their work, matrix products included
+        (BLAS held to one thread meanwhile: the scan's threads are the parallelism)."""
+        m = self.xv.shape[0]
+        if self.threads == 1:
+            self._rows(self.parts[0], 0, m)
+            return self
+        from threadpoolctl import threadpool_limits
+
+        bounds = np.linspace(0, m, self.threads + 1).astype(int)
+        jobs = [(self.parts[i], int(bounds[i]), int(bounds[i + 1])) for i in range(self.threads)]
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(self.threads, thread_name_prefix="knn") as pool:
+            list(pool.map(lambda job: self._rows(*job), jobs))
         return self
 
     def values(self) -> np.ndarray:
@@ -188,7 +215,7 @@ def knn_scan(x_train, y_train, x_val, y_val, k: int = 5, *, exact: bool = False,
              threads: int | None = None, block_rows: int | None = None) -> tuple[np.ndarray, float, KnnScores | None]:
     """(values, U(N), scorer): the values and the full utility of one pass; with ``keep`` > 0, a
     :class:`KnnScores` holding each validation row's ``keep`` nearest training points. ``threads``: default all
-    cores; ``block_rows``: validation rows per matrix product (default: about 128 MiB of distances)."""
+    cores; ``block_rows``: validation rows per matrix product (default: about 32 MiB of distances a thread)."""
     if k < 1:
         raise ValuationError(f"K must be at least 1, got {k}")
     xt, yt, xv, yv = checked_inputs(x_train, y_train, x_val, y_val)

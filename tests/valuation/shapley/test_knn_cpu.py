@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from app.valuation.errors import ValuationError
+from app.valuation.shapley import knn_cpu
 from app.valuation.shapley.knn import KNNUtility, knn_full_utility, knn_shapley_torch
 from app.valuation.shapley.knn_cpu import knn_scan, knn_shapley_cpu
 from app.valuation.shapley.utilities import ModelConfig, ModelUtility
@@ -17,7 +18,8 @@ from tests.valuation.shapley.test_knn import brute_force_shapley
 
 @pytest.mark.parametrize("n", [1, 3, 7])
 @pytest.mark.parametrize("k", [1, 3, 10])
-def test_the_scan_equals_brute_force_with_ties(n, k):
+def test_the_scan_equals_brute_force_with_ties(n, k, monkeypatch):
+    monkeypatch.setattr(knn_cpu, "SMALL_JOB_CELLS", 0)  # threads even for tiny inputs
     rng = np.random.default_rng(10 * n + k)
     x, xv = rng.integers(0, 3, (n, 2)).astype(float), rng.integers(0, 3, (5, 2)).astype(float)
     y, yv = rng.integers(0, 3, n), rng.integers(0, 3, 5)
@@ -29,8 +31,9 @@ def test_the_scan_equals_brute_force_with_ties(n, k):
             assert full == pytest.approx(KNNUtility(x, y, xv, yv, k, exact=exact).full_value(), abs=1e-15)
 
 
-@pytest.mark.parametrize("threads,block_rows", [(1, None), (2, None), (3, 4), (2, 1)])
-def test_the_scan_equals_the_torch_path(threads, block_rows):
+@pytest.mark.parametrize("threads,block_rows", [(1, None), (2, None), (3, 4), (2, 1), (2, 7)])
+def test_the_scan_equals_the_torch_path(threads, block_rows, monkeypatch):
+    monkeypatch.setattr(knn_cpu, "SMALL_JOB_CELLS", 0)
     rng = np.random.default_rng(threads)
     x, xv = rng.normal(size=(2_000, 5)), rng.normal(size=(61, 5))
     y, yv = rng.integers(0, 4, 2_000), rng.integers(0, 4, 61)
@@ -42,6 +45,20 @@ def test_the_scan_equals_the_torch_path(threads, block_rows):
     names = np.array(["ant", "bee", "cat", "dog"])
     np.testing.assert_allclose(knn_shapley_cpu(x, names[y], xv, names[yv], 5, threads=threads), ref,
                                atol=1e-15, rtol=0)
+
+
+def test_numpys_and_torchs_cumulative_sums_give_the_same_values(monkeypatch):
+    """The scan sums with torch's kernel where torch is loaded (as here) and with numpy's where it is not (a
+    torch-free CLI run); both give the torch path's values."""
+    monkeypatch.setattr(knn_cpu, "SMALL_JOB_CELLS", 0)
+    rng = np.random.default_rng(7)
+    x, xv = rng.normal(size=(3_000, 4)), rng.normal(size=(40, 4))
+    y, yv = rng.integers(0, 2, 3_000), rng.integers(0, 2, 40)
+    ref = knn_shapley_torch(x, y, xv, yv, 3).numpy()
+    assert knn_cpu._cumsum_rows() is knn_cpu.cumsum_rows_torch
+    np.testing.assert_allclose(knn_shapley_cpu(x, y, xv, yv, 3, threads=2), ref, atol=1e-15, rtol=0)
+    monkeypatch.setattr(knn_cpu, "_cumsum_rows", lambda: knn_cpu.cumsum_rows_numpy)
+    np.testing.assert_allclose(knn_shapley_cpu(x, y, xv, yv, 3, threads=2), ref, atol=1e-15, rtol=0)
 
 
 def test_the_scan_checks_its_inputs():
@@ -81,3 +98,14 @@ def test_a_cpu_knn_shapley_run_imports_neither_torch_nor_pandas(tmp_path):
     lines = (tmp_path / "values.csv").read_text().splitlines()
     assert lines[0] == '"seller","index","value","stderr"' and len(lines) == 31
     assert lines[1].startswith(f'"{tmp_path / "seller.csv"}",0,') and lines[1].endswith(",")
+
+
+def test_a_small_job_stays_in_one_thread_and_a_large_one_uses_them_all():
+    rng = np.random.default_rng(3)
+    small = knn_cpu._Scan(*knn_cpu.checked_inputs(rng.normal(size=(50, 2)), rng.integers(0, 2, 50),
+                                                  rng.normal(size=(5, 2)), rng.integers(0, 2, 5)),
+                          3, False, 0, 4, None)
+    large = knn_cpu._Scan(*knn_cpu.checked_inputs(rng.normal(size=(20_000, 2)), rng.integers(0, 2, 20_000),
+                                                  rng.normal(size=(60, 2)), rng.integers(0, 2, 60)),
+                          3, False, 0, 4, None)
+    assert small.threads == 1 and large.threads == 4
