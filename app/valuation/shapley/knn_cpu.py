@@ -17,7 +17,6 @@ subsets (the removal curve) without ranking the points again.
 
 from __future__ import annotations
 
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 
 from app.valuation.errors import ValuationError
 from app.valuation.labels import encode_label_arrays
+from app.valuation.shapley.executors import available_cores
 
 #: validation rows whose distances one thread computes by one matrix product (bytes of float64 distances)
 BLOCK_BYTES = 32 * 2**20
@@ -76,14 +76,6 @@ def rank_rows(sqd: np.ndarray, *, exact: bool = False) -> np.ndarray:
     return keys
 
 
-def squared_distances(xq: np.ndarray, xr: np.ndarray, xr_sq: np.ndarray) -> np.ndarray:
-    """(m, n) float64 ‖q‖² − 2 q·r + ‖r‖², clamped at 0."""
-    d = xq @ (-2.0 * xr).T  # as the scan computes it
-    d += xr_sq
-    d += np.einsum("ij,ij->i", xq, xq)[:, None]
-    return np.maximum(d, 0.0, out=d)
-
-
 def shapley_coefficients(n: int, k: int) -> tuple[np.ndarray, np.ndarray, float]:
     """(c, e, last): with c_i = min(K, i)/(K i) for i < n, c_n = c_{n-1}, e_1 = 0, e_i = c_i − c_{i−1},
     last = 1/max(n, K), the value at rank i is s_i = m_i c_i − F_i + (F_n + m_n (last − c_n)), F_i = Σ_{j≤i} m_j e_j
@@ -126,10 +118,6 @@ def _cumsum_rows():
     return cumsum_rows_torch if "torch" in sys.modules else cumsum_rows_numpy
 
 
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
 class _Scan:
     """One pass over the validation rows (see the module docstring)."""
 
@@ -148,11 +136,18 @@ class _Scan:
         self.keep = min(keep, n)
         self.near = np.empty((xv.shape[0], self.keep), dtype=np.int64)
         # a small job stays in one thread: a pool and the BLAS limits would cost more than they save
-        self.threads = 1 if n * xv.shape[0] < SMALL_JOB_CELLS else max(1, threads or default_threads())
+        self.threads = 1 if n * xv.shape[0] < SMALL_JOB_CELLS else max(1, threads or available_cores())
         step = self.step = max(1, STEP_CELLS // n)
         self.block = max(1, block_rows or BLOCK_BYTES // (8 * n))
         self.parts = [_Partial(np.zeros(n), np.empty((step, n)), np.empty((step, n)), np.empty((self.block, n)))
                       for _ in range(self.threads)]
+
+    def distances(self, gram: np.ndarray, rows: slice) -> np.ndarray:
+        """Validation ``rows``' squared distances ‖q‖² − 2 q·r + ‖r‖², clamped at 0, in place over ``gram``
+        (their −2 q·r)."""
+        gram += self.xt_sq
+        gram += self.xv_sq[rows, None]
+        return np.maximum(gram, 0.0, out=gram)
 
     def _rows(self, part: _Partial, r0: int, r1: int) -> None:
         """Validation rows r0..r1 (this thread's share): a block's −2 q·r by one matrix product, then a few rows
@@ -163,11 +158,7 @@ class _Scan:
             gram = np.matmul(self.xv[b0:b1], self.xt_m2.T, out=part.gram[: b1 - b0])
             for s in range(b0, b1, step):
                 rows = slice(s, min(s + step, b1))
-                sqd = gram[s - b0 : rows.stop - b0]
-                sqd += self.xt_sq
-                sqd += self.xv_sq[rows, None]
-                np.maximum(sqd, 0.0, out=sqd)
-                order = rank_rows(sqd, exact=self.exact)
+                order = rank_rows(self.distances(gram[s - b0 : rows.stop - b0], rows), exact=self.exact)
                 match = self.yt_small[order] == self.yv_small[rows, None]
                 f = np.multiply(match, self.e, out=part.f[: match.shape[0]])
                 self.cumsum_rows(f)
@@ -251,7 +242,7 @@ class KnnScores:
         for r in np.flatnonzero(enough):
             out[r] = near[r][inside[r]][:want]
         for r in np.flatnonzero(~enough):  # ranked again over all points: the same keys, the same ties
-            order = rank_rows(squared_distances(s.xv[r : r + 1], s.xt, s.xt_sq), exact=s.exact)[0]
+            order = rank_rows(s.distances(s.xv[r : r + 1] @ s.xt_m2.T, slice(r, r + 1)), exact=s.exact)[0]
             out[r] = order[member[order]][:want]
         return out
 
