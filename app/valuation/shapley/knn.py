@@ -24,8 +24,8 @@ Distances: squared Euclidean, ‖v‖² − 2 v·t + ‖t‖² in float64 (one m
 points), negatives from rounding clamped to 0. Ranking packs each (distance, index) pair into one int64 key —
 the bit pattern of a non-negative float64 orders like the float, so its top 63 − ⌈log2 n⌉ bits (a 35-bit
 mantissa for n ≤ 131072) go above the index — and one sort of unique keys gives the index-tie-broken order.
-On CPU :func:`knn_shapley` runs the numpy scan of :mod:`knn_cpu` (the same keys, sort and sums, a block of rows
-at a time in cache, threads over blocks); on other devices the torch code below with ``torch.sort``; keys are
+On CPU :func:`knn_shapley` runs the numpy scan of :mod:`knn_cpu` (the same keys, sort and sums, a few rows at a
+time in cache, each thread a share of the rows); on other devices the torch code below with ``torch.sort``; keys are
 unique, so both give the same order. Distances equal in those top bits count as tied;
 ``exact=True`` ranks the full float64 distances with a stable ``argsort`` instead (slower).
 """
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from app.valuation.errors import ValuationError
-from app.valuation.shapley.base import Utility
+from app.valuation.shapley.base import Utility, torch_threads
 from app.valuation.shapley.knn_cpu import knn_shapley_cpu
 from app.valuation.shapley.metrics import encode_labels
 
@@ -203,11 +203,8 @@ def knn_shapley(
         return knn_shapley_torch(x_train, y_train, x_val, y_val, k, device=dev, exact=exact, chunk_size=chunk_size)
     arrays = [a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a for a in (x_train, y_train, x_val, y_val)]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the scan's threads are the parallelism (it uses torch's cumsum kernel in each)
-    try:
+    with torch_threads(1):  # the scan's threads are the parallelism (it uses torch's cumsum kernel in each)
         values = knn_shapley_cpu(*arrays, k, exact=exact, threads=threads, block_rows=chunk_size)
-    finally:
-        torch.set_num_threads(threads)
     return torch.from_numpy(values)
 
 

@@ -37,8 +37,6 @@ warm-start.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,7 +46,7 @@ import torch.nn.functional as F
 
 from app.valuation.errors import ValuationError
 from app.valuation.shapley import models as M
-from app.valuation.shapley.base import Utility
+from app.valuation.shapley.base import Utility, torch_threads
 from app.valuation.shapley.knn import knn_predict, neighbour_order
 from app.valuation.shapley.metrics import (
     CLASSIFICATION_METRICS,
@@ -162,20 +160,6 @@ def _targets(y, device: torch.device, name: str) -> torch.Tensor:
     if not bool(torch.isfinite(t).all()):
         raise ValuationError(f"{name}: targets must be finite")
     return t
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads (process-wide while it runs), then restore."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class ModelUtility(Utility):
