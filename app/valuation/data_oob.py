@@ -97,24 +97,39 @@ class OOBBatch:
             oob[rows] += 1
         return k, oob, correct
 
+    def _on_device(self):
+        """(x, class indices, number of classes) on the device, made once per process (a worker runs many batches
+        of one task; a fresh copy per batch would move the whole seller to the GPU again each time)."""
+        cached = self.__dict__.get("_device_data")
+        if cached is None:
+            import torch
+
+            from app.valuation.labels import encode_label_arrays
+
+            dev = torch.device(self.device)
+            classes, (codes,) = encode_label_arrays(self.y)
+            cached = (torch.as_tensor(self.x, dtype=torch.float64, device=dev), torch.from_numpy(codes).to(dev),
+                      max(len(classes), 2))
+            self.__dict__["_device_data"] = cached
+        return cached
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "_device_data"}
+
     def _logistic(self, k: int) -> tuple[int, np.ndarray, np.ndarray]:
         """The batch's models fitted together: weights (models, n) = bootstrap counts."""
         import torch
 
-        from app.valuation.labels import encode_label_arrays
         from app.valuation.shapley.models import fit_logistic
 
-        dev = torch.device(self.device)
+        x, y, n_classes = self._on_device()
         n = len(self.y)
-        classes, (codes,) = encode_label_arrays(self.y)
-        y = torch.from_numpy(codes).to(dev)
-        x = torch.as_tensor(self.x, dtype=torch.float64, device=dev)
-        counts = torch.stack([torch.bincount(torch.from_numpy(idx).to(dev), minlength=n)
+        counts = torch.stack([torch.bincount(torch.from_numpy(idx).to(x.device), minlength=n)
                               for idx in bootstrap_indices(self.seed, k, self.models, n)]).to(torch.float64)
-        fit = fit_logistic(x, y, counts, n_classes=max(len(classes), 2), C=self.C)
+        fit = fit_logistic(x, y, counts, n_classes=n_classes, C=self.C)
         sole = fit.class_mask.to(torch.int64).argmax(1)  # the one class of a sample that has one
         out = counts == 0
-        correct = torch.zeros(n, dtype=torch.int64, device=dev)
+        correct = torch.zeros(n, dtype=torch.int64, device=x.device)
         for start in range(0, n, self.chunk_rows):  # predict in chunks: bounded memory
             part = slice(start, start + self.chunk_rows)
             pred = torch.where(fit.fitted[:, None], fit.predict(x[part]), sole[:, None])

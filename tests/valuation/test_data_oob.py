@@ -168,3 +168,12 @@ def test_logistic_models_on_cuda_equal_the_cpu():
     gpu = data_oob(x, y, n_models=32, batch_size=16, seed=2, model="logistic", device="cuda")
     np.testing.assert_array_equal(gpu.oob_counts, cpu.oob_counts)
     assert np.abs(gpu.values * gpu.oob_counts - cpu.values * cpu.oob_counts).sum() <= 2
+
+
+def test_logistic_models_on_two_local_workers_give_the_same_values():
+    """Each worker keeps the task's data on its device across batches; the values are those of one process."""
+    x, y = make_classification(n_samples=200, n_features=4, n_informative=3, n_redundant=0, random_state=5)
+    one = data_oob(x, y, n_models=32, batch_size=8, seed=4, model="logistic")
+    two = data_oob(x, y, n_models=32, batch_size=8, seed=4, model="logistic", executor=LocalExecutor(2))
+    np.testing.assert_array_equal(two.oob_counts, one.oob_counts)
+    np.testing.assert_array_equal(two.values, one.values)
