@@ -140,7 +140,9 @@ def make_org(settings) -> Callable[..., Org]:
     factory = session_factory(engine)
 
     def make(name: str, role: str = "buyer") -> Org:
-        with transaction(factory) as session:
+        # immediate: the lookup-then-insert runs beside an embedded worker that commits; a deferred SQLite
+        # transaction whose snapshot went stale fails at once ("database is locked"), an immediate one waits
+        with transaction(factory, immediate=True) as session:
             org = get_or_create_org(session, name, role)
             _, key = create_key(session, org)
             return Org(name=org.name, role=org.role, id=org.id, key=key)
