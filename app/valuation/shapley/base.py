@@ -38,6 +38,10 @@ class Utility(ABC):
     n_players: int
     #: where masks and results live
     device: torch.device = torch.device("cpu")
+    #: the fewest prefix lengths a truncated permutation walk asks for per call (those past a permutation's
+    #: truncation point are discarded): 1 where a call costs about its evaluations, more where a call carries a
+    #: fixed overhead worth sharing (:class:`~app.valuation.shapley.utilities.ModelUtility`'s logistic model)
+    prefix_lookahead: int = 1
 
     @abstractmethod
     def values(self, masks: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,10 @@ MISSING_CLASS_RULES = ("majority", "fit_present", "constant")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: prefix models train on gathered rows (base + longest prefix) while those are at most this share of all rows
 PREFIX_ROWS_FRACTION = 0.5
+#: prefix lengths per call a truncated TMC walk asks a warm-started logistic utility for, at the least (the
+#: Newton iterations of a call's models run in lockstep: measured at n = 100, 1 → 8 made TMC ~1.7× faster per
+#: permutation for ~8% more fits; 16 was slower again)
+LOGISTIC_PREFIX_LOOKAHEAD = 8
 
 
 @dataclass(frozen=True)
@@ -369,6 +373,12 @@ class ModelUtility(Utility):
         if keep and state is None and cfg.model == "logistic":  # nothing fitted: every model starts cold
             state = self._cold(b)
         return self._metric(pred, self.y_val, self.n_classes), state
+
+    @property
+    def prefix_lookahead(self) -> int:  # type: ignore[override]
+        """A warm-started logistic walk shares each call's fixed cost over ``LOGISTIC_PREFIX_LOOKAHEAD`` prefixes."""
+        warm = self.config.model == "logistic" and self.config.warm_start
+        return LOGISTIC_PREFIX_LOOKAHEAD if warm else 1
 
     def counters(self) -> dict[str, int]:
         return dict(self.stats)

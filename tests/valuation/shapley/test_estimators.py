@@ -173,6 +173,35 @@ def test_no_prefix_is_evaluated_past_the_truncation_point(prefix_block):
     assert (evals, truncated, g.evaluations) == (17, 1, 17)
 
 
+@pytest.mark.parametrize("lookahead", [2, 4, 32])
+def test_lookahead_truncates_at_the_first_close_prefix_of_its_block(lookahead):
+    """With patience 0 the identity order truncates at prefix 3 (v3 = 3 is within 1% of U(N) = 3.007). Asked
+    for ``lookahead`` prefixes at once it evaluates whole blocks up to the one holding prefix 3 (at most 9
+    prefixes), truncates at 3 all the same and discards the rest; the reversed order is never close and is
+    evaluated at all 9 prefixes either way."""
+    w = [1.0, 1.0, 1.0] + [0.001] * 7
+    perms = torch.stack([torch.arange(10), torch.arange(10).flip(0)])
+    strict, ahead = additive(w), additive(w)
+    phi1, evals1, t1 = permutation_marginals(strict, perms, 0.0, sum(w), truncation=0.01, patience=0, lookahead=1)
+    phi, evals, t = permutation_marginals(ahead, perms, 0.0, sum(w), truncation=0.01, patience=0,
+                                          lookahead=lookahead)
+    torch.testing.assert_close(phi1[0], torch.tensor(w[:3] + [0.0] * 7, dtype=F64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(phi, phi1, rtol=0, atol=0)
+    assert (evals1, t1, strict.evaluations) == (3 + 9, 1, 12)
+    identity = min(9, lookahead * -(-3 // lookahead))  # whole blocks of prefixes up to the one holding prefix 3
+    assert (evals, t, ahead.evaluations) == (identity + 9, 1, identity + 9)
+
+
+def test_tmc_values_do_not_depend_on_the_lookahead():
+    """The lookahead only groups the work: TMC with patience 0 gives the same values with 1, 3 and 8."""
+    weights = torch.rand(20, generator=torch.Generator().manual_seed(0), dtype=F64).tolist()
+    runs = [tmc_shapley(capped(weights, 2.5), seed=3, batch_size=16, stop=MaxPermutations(64), patience=0,
+                        lookahead=k) for k in (1, 3, 8)]
+    for r in runs[1:]:
+        torch.testing.assert_close(r.values, runs[0].values, rtol=0, atol=0)
+        assert r.truncated == runs[0].truncated and r.utility_evaluations >= runs[0].utility_evaluations
+
+
 def capped(weights: list[float], cap: float) -> Game:
     """U(T) = min(Σ_{i∈T} w_i, cap): it reaches U(N) exactly, so truncated marginals are truly 0."""
     w = torch.tensor(weights, dtype=F64)

@@ -77,6 +77,19 @@ def test_truncation_per_prefix_saves_fits_of_a_real_model_at_n20(twenty_points):
     assert a.truncated > 0
 
 
+def test_logistic_lookahead_changes_no_value(twenty_points):
+    """A logistic utility walks 8 prefixes per call at the least (``prefix_lookahead``): with pyDVL's truncation
+    rule (patience 0) the values equal those of one prefix per call, and only discarded prefixes are added."""
+    assert ModelUtility(*twenty_points, threads=1).prefix_lookahead == 8
+    strict = tmc_shapley(ModelUtility(*twenty_points, threads=1), seed=0, batch_size=16,
+                         stop=MaxPermutations(32), patience=0, lookahead=1)
+    ahead = tmc_shapley(ModelUtility(*twenty_points, threads=1), seed=0, batch_size=16,
+                        stop=MaxPermutations(32), patience=0)
+    torch.testing.assert_close(ahead.values, strict.values, rtol=0, atol=1e-12)
+    assert ahead.truncated == strict.truncated > 0
+    assert strict.utility_evaluations < ahead.utility_evaluations <= strict.utility_evaluations + 32 * 7
+
+
 def test_default_run_stops_by_convergence():
     """The default rule (relative change < 0.05 over 100 permutations, 1,000 as the cap) stops TMC and MSR
     by convergence on a small task, and the result says so. (On larger or noisier tasks the cap often fires
