@@ -2,8 +2,8 @@
 # GPU checks, one short run on a machine with CUDA (about 5 minutes on an H100):
 #   1. the CUDA-only tests (CPU and CUDA paths agree: KNN-Shapley, batched models, structural embedding);
 #   2. bench/gpu_check.py: 100k-node structural disparity, TMC on 10,000 points to a standard-error target,
-#      KNN-Shapley 100k x 1k, each next to the CPU where it fits the time; Data-OOB on 10^6 rows: trees over every
-#      CPU core (scikit-learn's, CPU only) and logistic models on the GPU.
+#      KNN-Shapley 100k x 1k (and 1M x 1k on the device), each next to the CPU where it fits the time;
+#      Data-OOB on 10^6 rows: trees over every CPU core (scikit-learn's, CPU only) and logistic models on the GPU.
 # Sets up .venv with the CUDA build of torch if it is not there. Usage: bash bench/gpu_check.sh [extra args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
