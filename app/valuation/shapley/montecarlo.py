@@ -130,14 +130,13 @@ def permutation_marginals(
             close = (block - u_full).abs() < tol  # NaN past a row's width: not close, and never read below
             if single:
                 run[active] = torch.where(close[:, 0], run[active] + 1, 0)
+                hit = run[active] > patience
+                j = (pos[active[hit]] - 1)[:, None]
             else:
                 last_far = torch.where(close, -1, t).cummax(dim=1).values  # last position not close, −1 if none
                 runs = torch.where(last_far >= 0, t - last_far, t + 1 + run[active][:, None])
                 run[active] = runs.gather(1, (width - 1)[:, None])[:, 0]
-            if single:
-                hit = run[active] > patience
-                j = (pos[active[hit]] - 1)[:, None]
-            else:  # the first prefix of the block whose run exceeds the patience (past it: evaluated, discarded)
+                # the first prefix of the block whose run exceeds the patience (past it: evaluated, discarded)
                 over = (runs > patience) & inside
                 hit = over.any(1)
                 j = (start[hit] + over[hit].to(torch.int8).argmax(1))[:, None]
@@ -239,7 +238,7 @@ def _permutation_estimator(
         raise ValuationError("truncation tolerance must be >= 0 (or None to disable)")
     result = start_result(utility, estimator=estimator, seed=seed, params=params, resume_from=resume_from)
     task = PermutationBatch(utility, estimator, int(result.seed), batch_size, truncation, patience,  # type: ignore[arg-type]
-                            prefix_block, weights, lookahead=int(lookahead))
+                            prefix_block, weights, lookahead=lookahead)
     if stop is None and batches is None:
         stop = default_permutation_stop()
     return run_batches(result, utility, task, stop=stop, batches=batches, progress=progress,
