@@ -106,9 +106,10 @@ def test_client_errors_are_one_line(capped, tmp_path):
     line = one_line(capped.cli("client", "results", "nope", "--out", str(manifest), key=buyer))
     assert line == f"error: --out {manifest}: not a folder"
 
-    # submit --wait exits 1 when a job did not succeed (here: cancelled from another shell)
+    # submit --wait exits 1 when a job did not succeed (here: cancelled from another shell; relative_change null,
+    # so that the default convergence stop cannot end the job before the cancel arrives, as it once did in CI)
     _manifest(manifest, [f"{{listing_id: {listed[0]}}}"],
-              ["{method: data-shapley, params: {max_permutations: 100000, truncation: 0.0}}"])
+              ["{method: data-shapley, params: {max_permutations: 100000, truncation: 0.0, relative_change: null}}"])
     proc = capped.popen("-m", "app.cli", "client", "submit", str(manifest), "--wait", key=buyer)
     try:
         with AppraiseClient(capped.url, buyer) as api:

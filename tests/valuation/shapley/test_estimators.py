@@ -178,8 +178,10 @@ def test_lookahead_truncates_at_the_first_close_prefix_of_its_block(lookahead):
     """With patience 0 the identity order truncates at prefix 3 (v3 = 3 is within 1% of U(N) = 3.007). Asked
     for ``lookahead`` prefixes at once it evaluates whole blocks up to the one holding prefix 3 (at most 9
     prefixes), truncates at 3 all the same and discards the rest; the reversed order is never close and is
-    evaluated at all 9 prefixes either way."""
-    w = [1.0, 1.0, 1.0] + [0.001] * 7
+    evaluated at all 9 prefixes either way. The small weights are 2⁻¹⁰ (dyadic), so every coalition's sum is
+    exact in whatever order a matrix product adds it up, and the two walks can be compared bit for bit (with
+    0.001 the blocks' different batch shapes moved a marginal by 2e-16 on one run in CI)."""
+    w = [1.0, 1.0, 1.0] + [2.0**-10] * 7
     perms = torch.stack([torch.arange(10), torch.arange(10).flip(0)])
     strict, ahead = additive(w), additive(w)
     phi1, evals1, t1 = permutation_marginals(strict, perms, 0.0, sum(w), truncation=0.01, patience=0, lookahead=1)
@@ -193,8 +195,10 @@ def test_lookahead_truncates_at_the_first_close_prefix_of_its_block(lookahead):
 
 
 def test_tmc_values_do_not_depend_on_the_lookahead():
-    """The lookahead only groups the work: TMC with patience 0 gives the same values with 1, 3 and 8."""
-    weights = torch.rand(20, generator=torch.Generator().manual_seed(0), dtype=F64).tolist()
+    """The lookahead only groups the work: TMC with patience 0 gives the same values with 1, 3 and 8. The
+    weights are multiples of 2⁻²⁰, so sums and marginals are exact whatever the batch shapes (bit-for-bit)."""
+    weights = (torch.rand(20, generator=torch.Generator().manual_seed(0), dtype=F64) * 2**20).round() / 2**20
+    weights = weights.tolist()
     runs = [tmc_shapley(capped(weights, 2.5), seed=3, batch_size=16, stop=MaxPermutations(64), patience=0,
                         lookahead=k) for k in (1, 3, 8)]
     for r in runs[1:]:
