@@ -18,10 +18,15 @@ WORKDIR /srv/appraise
 
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY app ./app
 COPY migrations ./migrations
-RUN pip install .
+# A C compiler only while installing: it builds the small-SPD kernel (setup.py), then leaves the image.
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+    && pip install . \
+    && python -c "from app.valuation.shapley import small_spd; assert small_spd.AVAILABLE" \
+    && apt-get purge -y -qq gcc libc6-dev && apt-get autoremove -y -qq && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --system --uid 10001 --home /srv/appraise appraise \
     && mkdir -p /srv/appraise/var \

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: setup run example test lint postgres bench peers clean
 
-$(BIN)/appraise: pyproject.toml
+$(BIN)/appraise: pyproject.toml setup.py app/valuation/shapley/_small_spd.c
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first (from local disk where available), so the range in pyproject is met by it.
 	$(BIN)/pip install --quiet torch==2.13.0

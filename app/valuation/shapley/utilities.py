@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from app.valuation.errors import ValuationError
 from app.valuation.shapley import models as M
+from app.valuation.shapley import small_spd
 from app.valuation.shapley.base import Utility, torch_threads
 from app.valuation.shapley.knn import knn_predict, neighbour_order
 from app.valuation.shapley.metrics import (
@@ -59,8 +60,13 @@ ModelName = Literal["logistic", "ridge", "mlp", "knn"]
 MODELS = ("logistic", "ridge", "mlp", "knn")
 MISSING_CLASS_RULES = ("majority", "fit_present", "constant")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
-#: prefix models train on gathered rows (base + longest prefix) while those are at most this share of all rows
+#: prefix models train on gathered rows (the base rows and the longest prefix: r of N rows) when r ≤ ½N, and on
+#: the CPU with the packed kernel of small_spd.py when also r ≤ 0.64·(N − 100); otherwise on all rows (weight 0
+#: outside each prefix). A Newton pass on gathered rows has the higher fixed cost a model (batched products and,
+#: there, LAPACK's Cholesky one matrix at a time) and the lower cost a row: with the kernel, TMC on breast cancer
+#: was fastest with all rows at N = 100, gathered rows up to r ≈ 65 at N = 200 and up to ½N at N = 500
 PREFIX_ROWS_FRACTION = 0.5
+PREFIX_ROWS_SLOPE, PREFIX_ROWS_FLOOR = 0.64, 100
 #: prefix lengths per call a truncated TMC walk asks a warm-started logistic utility for, at the least (the
 #: Newton iterations of a call's models run in lockstep: measured at n = 100, 1 → 8 made TMC ~1.7× faster per
 #: permutation for ~8% more fits; 16 was slower again)
@@ -489,7 +495,11 @@ class ModelUtility(Utility):
         would not be well under all the rows (then the shared design is cheaper)."""
         longest = int(length.max())
         r = self.n_base + longest
-        if r > PREFIX_ROWS_FRACTION * (self.n_base + self.n_players):
+        total = self.n_base + self.n_players
+        limit = PREFIX_ROWS_FRACTION * total
+        if self.device.type == "cpu" and small_spd.AVAILABLE:  # all rows are cheaper with the packed kernel
+            limit = min(limit, PREFIX_ROWS_SLOPE * (total - PREFIX_ROWS_FLOOR))
+        if r > limit:
             return None
         dev, m = self.device, row.numel()
         base = torch.arange(self.n_base, device=dev).expand(m, self.n_base)

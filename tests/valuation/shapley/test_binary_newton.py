@@ -4,9 +4,10 @@ float64 optimum, equal the general solver's, and the models it gives up on are r
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from app.valuation.shapley import binary_newton, logistic
+from app.valuation.shapley import binary_newton, logistic, utilities
 from app.valuation.shapley.models import fit_logistic
 from app.valuation.shapley.utilities import ModelUtility
 
@@ -14,9 +15,13 @@ from .logistic_reference import gradient_max, objective, optimum
 from .test_models import multiclass_task, recorded_fits
 
 
-def test_binary_prefix_fits_reach_the_float64_optimum(monkeypatch):
-    """Warm-started TMC prefix fits on unscaled binary tasks (shared and gathered designs alike): every fit is
-    converged and within 1e-6 (relative) of scipy's float64 optimum of the same objective."""
+@pytest.mark.parametrize("gathered", [False, True], ids=["rows-rule", "gathered-rows"])
+def test_binary_prefix_fits_reach_the_float64_optimum(monkeypatch, gathered):
+    """Warm-started TMC prefix fits on unscaled binary tasks: every fit is converged and within 1e-6 (relative)
+    of scipy's float64 optimum of the same objective; with the default rows rule (at these sizes all rows, and the
+    packed kernel) and with gathered rows (LAPACK) for every prefix of up to half the rows."""
+    if gathered:
+        monkeypatch.setattr(utilities, "PREFIX_ROWS_FLOOR", 0)
 
     def run():
         for seed, n, d, c in ((0, 40, 3, 1.0), (3, 60, 5, 10.0), (6, 50, 4, 0.1)):
