@@ -60,11 +60,12 @@ ModelName = Literal["logistic", "ridge", "mlp", "knn"]
 MODELS = ("logistic", "ridge", "mlp", "knn")
 MISSING_CLASS_RULES = ("majority", "fit_present", "constant")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
-#: prefix models train on gathered rows (the base rows and the longest prefix: r of N rows) when r ≤ ½N, and on
-#: the CPU with the packed kernel of small_spd.py when also r ≤ 0.64·(N − 100); otherwise on all rows (weight 0
-#: outside each prefix). A Newton pass on gathered rows has the higher fixed cost a model (batched products and,
-#: there, LAPACK's Cholesky one matrix at a time) and the lower cost a row: with the kernel, TMC on breast cancer
-#: was fastest with all rows at N = 100, gathered rows up to r ≈ 65 at N = 200 and up to ½N at N = 500
+#: prefix models train on gathered rows (the base rows and the longest prefix: r of N rows) when r ≤ ½N, and
+#: for binary tasks on the CPU with the packed kernel of small_spd.py when also r ≤ 0.64·(N − 100); otherwise
+#: on all rows (weight 0 outside each prefix). A Newton pass on gathered rows has the higher fixed cost a model
+#: (batched products and, there, LAPACK's Cholesky one matrix at a time) and the lower cost a row: with the
+#: kernel, TMC on breast cancer was fastest with all rows at N = 100, gathered rows up to r ≈ 65 at N = 200 and
+#: up to ½N at N = 500
 PREFIX_ROWS_FRACTION = 0.5
 PREFIX_ROWS_SLOPE, PREFIX_ROWS_FLOOR = 0.64, 100
 #: prefix lengths per call a truncated TMC walk asks a warm-started logistic utility for, at the least (the
@@ -497,7 +498,8 @@ class ModelUtility(Utility):
         r = self.n_base + longest
         total = self.n_base + self.n_players
         limit = PREFIX_ROWS_FRACTION * total
-        if self.device.type == "cpu" and small_spd.AVAILABLE:  # all rows are cheaper with the packed kernel
+        binary = self.task == "classification" and self.n_classes == 2
+        if binary and self.device.type == "cpu" and small_spd.AVAILABLE:  # their lean Newton uses the kernel
             limit = min(limit, PREFIX_ROWS_SLOPE * (total - PREFIX_ROWS_FLOOR))
         if r > limit:
             return None
