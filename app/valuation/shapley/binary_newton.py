@@ -47,6 +47,7 @@ class _Design:
         else:
             kk = xs.shape[-1]
             self.lower = torch.tril_indices(kk, kk, device=xs.device)  # the packed lower triangle's (i, j)
+            self.diagonal = small_spd.packed_diagonal(kk).to(xs.device)  # its rows H_ii
             self.xt = xs.T.contiguous()
             xh = xs.to(h_dtype)
             self.outer = xh[:, self.lower[0]] * xh[:, self.lower[1]]  # (n, K(K+1)/2): Hessian rows
@@ -166,8 +167,8 @@ def _direction(design: _Design, s: torch.Tensor, diag: torch.Tensor, g: torch.Te
         h.diagonal(dim1=1, dim2=2).add_(diag)
         return _direction_lapack(h, g)
     hp = design.packed_gram(s)
-    hp[small_spd.packed_diagonal(g.shape[1]).to(hp.device)] += diag[0][:, None]
-    if hp.device.type != "cpu" or not small_spd.AVAILABLE:
+    hp[design.diagonal] += diag[0][:, None]
+    if not small_spd.serves(hp.device):
         return _direction_lapack(design.unpack(hp), g)
     step_t, bad = small_spd.solve_spd_packed(hp, g.T.to(hp.dtype))
     step = -step_t.T.to(g.dtype)

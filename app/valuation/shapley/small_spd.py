@@ -34,6 +34,11 @@ except ImportError:  # built without a C compiler: callers fall back to LAPACK
 AVAILABLE = _small_spd is not None
 
 
+def serves(device: torch.device) -> bool:
+    """Whether the kernel solves for tensors on ``device``: built, and the CPU."""
+    return AVAILABLE and device.type == "cpu"
+
+
 def packed_diagonal(k: int) -> torch.Tensor:
     """The rows of the diagonal H_ii in the packed lower triangle: i(i+1)/2 + i."""
     i = torch.arange(k)

@@ -499,7 +499,7 @@ class ModelUtility(Utility):
         total = self.n_base + self.n_players
         limit = PREFIX_ROWS_FRACTION * total
         binary = self.task == "classification" and self.n_classes == 2
-        if binary and self.device.type == "cpu" and small_spd.AVAILABLE:  # their lean Newton uses the kernel
+        if binary and small_spd.serves(self.device):  # their lean Newton uses the kernel
             limit = min(limit, PREFIX_ROWS_SLOPE * (total - PREFIX_ROWS_FLOOR))
         if r > limit:
             return None
