@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -87,7 +88,13 @@ class Server:
         """A Python command line (``["-m", "app.cli", ...]`` or a script) started in the background."""
         env = {**self.env, "APPRAISE_URL": self.url, "APPRAISE_API_KEY": key, **(extra_env or {})}
         return subprocess.Popen([sys.executable, *argv], env=env, cwd=cwd or ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
+
+
+def _interruptible() -> None:
+    """Ctrl-C as a terminal delivers it: a test run started in the background (``cmd &`` in a script) inherits
+    SIGINT ignored, Python then installs no KeyboardInterrupt handler, and a test's SIGINT would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_server(db: str, tmp: Path, **settings: str) -> Server:
