@@ -71,9 +71,21 @@ def rank_rows(sqd: np.ndarray, *, exact: bool = False) -> np.ndarray:
     keys = sqd.view(np.int64)
     keys &= (2**63 - 1) ^ low  # clear the sign bit (-0.0 → 0) and the low bits
     keys |= np.arange(n, dtype=np.int64)
-    keys.sort(axis=1)
+    if keys.max(initial=0) < _FLOAT_SORTABLE:
+        # the same order, sorted as float64 (numpy's vectorised float sort is ~20% faster than its int64 one):
+        # non-negative keys order as their float64 bit patterns do, and the added exponent bit keeps every key
+        # a normal number (a subnormal would compare as 0 where denormals are flushed)
+        keys += _NORMAL_BIT
+        keys.view(np.float64).sort(axis=1)
+    else:
+        keys.sort(axis=1)
     keys &= low
     return keys
+
+
+#: 1 in the lowest exponent bit of a float64; keys below the limit stay finite when it is added
+_NORMAL_BIT = 1 << 52
+_FLOAT_SORTABLE = 0x7FE0000000000000
 
 
 def shapley_coefficients(n: int, k: int) -> tuple[np.ndarray, np.ndarray, float]:

@@ -10,7 +10,7 @@ import torch
 from app.valuation.errors import ValuationError
 from app.valuation.shapley import knn_cpu
 from app.valuation.shapley.knn import KNNUtility, knn_full_utility, knn_shapley_torch
-from app.valuation.shapley.knn_cpu import knn_scan, knn_shapley_cpu
+from app.valuation.shapley.knn_cpu import knn_scan, knn_shapley_cpu, rank_rows
 from app.valuation.shapley.utilities import ModelConfig, ModelUtility
 from tests.test_structure import run_cli_listing_modules
 from tests.valuation.shapley.test_knn import brute_force_shapley
@@ -109,3 +109,14 @@ def test_a_small_job_stays_in_one_thread_and_a_large_one_uses_them_all():
                                                   rng.normal(size=(60, 2)), rng.integers(0, 2, 60)),
                           3, False, 0, 4, None)
     assert small.threads == 1 and large.threads == 4
+
+
+@pytest.mark.parametrize("scale", [1.0, 5e307])  # 5e307: keys too large to sort as floats, the integer route
+def test_ranks_are_distance_then_index_whichever_sort_route(scale):
+    rng = np.random.default_rng(5)
+    sqd = rng.integers(0, 4, size=(6, 300)).astype(np.float64) * scale  # many ties, zeros among them
+    sqd[:, :5] = 0.0
+    sqd[2, 7] = -0.0
+    assert (sqd.view(np.int64).max() >= knn_cpu._FLOAT_SORTABLE) == (scale > 1)
+    expected = np.lexsort((np.broadcast_to(np.arange(300), sqd.shape), np.abs(sqd)), axis=1)
+    np.testing.assert_array_equal(rank_rows(sqd.copy()), expected)
