@@ -32,7 +32,10 @@ here, not in the app):
   is invariant too) can be expected to show. FAQ does not recover the identity of a 200-node graph with itself,
   so the larger graphs are left out.
 
-    .venv/bin/python bench/structural_rewiring.py [--variants default,+assortativity] [--no-loo]
+The acceptance's graphs have 32–200 nodes; ``--graphs larger`` measures the same on k disjoint copies of karate,
+Davis and SBM3 (the same distribution of rows, k times the nodes), to tell the sample size from the structure.
+
+    .venv/bin/python bench/structural_rewiring.py [--variants default,+assortativity] [--no-loo] [--graphs larger]
 """
 
 from __future__ import annotations
@@ -53,11 +56,22 @@ from app.valuation.structural import clean_graph, graph_from_networkx, wasserste
 from app.valuation.structural.matching import Adjacency  # noqa: E402
 from app.valuation.structural.profile import ProfileSpec, profile, sorted_row_sums  # noqa: E402
 from bench.structural_acceptance import nearest_family_accuracy  # noqa: E402
-from tests.valuation.structural.helpers import rewire, rewire_nested  # noqa: E402
+from tests.valuation.structural.helpers import disjoint_copies, rewire, rewire_nested  # noqa: E402
 from tests.valuation.structural.test_trust import davis, family_200, karate, les_miserables, sbm3  # noqa: E402
 
 FRACTIONS = np.linspace(0.0, 1.0, 11)
 GRAPHS = {"karate": karate, "Les Misérables": les_miserables, "SBM3": sbm3, "Davis": davis}
+# The same local structure with more nodes (--graphs larger): k disjoint copies have exactly the rows' distribution
+# of the original, so any change in the numbers comes from the sample size alone.
+LARGER = {"karate ×4": lambda: disjoint_copies(karate(), 4), "karate ×8": lambda: disjoint_copies(karate(), 8),
+          "Davis ×4": lambda: disjoint_copies(davis(), 4), "Davis ×8": lambda: disjoint_copies(davis(), 8),
+          "SBM3 ×2": lambda: disjoint_copies(sbm3(), 2), "SBM3 at 800 nodes": lambda: sbm3_scaled(4)}
+
+
+def sbm3_scaled(k: int) -> nx.Graph:
+    """One graph like SBM3 with k times the nodes: the same block shares and expected degrees (p divided by k)."""
+    probs = [[0.08 / k, 0.01 / k, 0.01 / k], [0.01 / k, 0.15 / k, 0.01 / k], [0.01 / k, 0.01 / k, 0.3 / k]]
+    return nx.convert_node_labels_to_integers(nx.stochastic_block_model([100 * k, 60 * k, 40 * k], probs, seed=5))
 SEED_SETS = {"seeds 0–4": (range(0, 5), range(0, 6)), "seeds 5–9": (range(5, 10), range(6, 12))}
 
 
@@ -165,9 +179,9 @@ VARIANTS = {
 ONLY = {"oracle": {"Davis"}, "edit distance": {"karate", "Davis"}}
 
 
-def trajectories(seeds: range) -> dict[str, tuple[Adjacency, dict[str, list[list[Adjacency]]]]]:
+def trajectories(seeds: range, graphs: dict) -> dict[str, tuple[Adjacency, dict[str, list[list[Adjacency]]]]]:
     out = {}
-    for name, make in GRAPHS.items():
+    for name, make in graphs.items():
         g = make()
         nested = [[adjacency(h) for h in rewire_nested(g, FRACTIONS, s)] for s in seeds]
         indep = [[adjacency(rewire(g, f, 1000 * s + i)) for i, f in enumerate(FRACTIONS)] for s in seeds]
@@ -189,12 +203,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", type=str, default=",".join(VARIANTS))
     ap.add_argument("--no-loo", action="store_true")
+    ap.add_argument("--graphs", choices=("acceptance", "larger"), default="acceptance",
+                    help="the acceptance's four graphs, or disjoint copies of karate, Davis and SBM3 (more nodes)")
     args = ap.parse_args()
     names = args.variants.split(",")
-    data = {k: trajectories(seeds) for k, (seeds, _) in SEED_SETS.items()}
+    graphs = GRAPHS if args.graphs == "acceptance" else LARGER
+    data = {k: trajectories(seeds, graphs) for k, (seeds, _) in SEED_SETS.items()}
     fams = {k: [(f, adjacency(family_200(f, s))) for f in ("er", "ba", "ws", "sbm") for s in loo_seeds]
             for k, (_, loo_seeds) in SEED_SETS.items()}
-    head = ["variant", "seeds", "reading", *(f"{g}: Spearman / S10%÷S100%" for g in GRAPHS), "LOO"]
+    head = ["variant", "seeds", "reading", *(f"{g}: Spearman / S10%÷S100%" for g in graphs), "LOO"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for name in names:

@@ -51,6 +51,12 @@ def shuffled_arrays(g: GraphData, seed: int) -> GraphData:
     )
 
 
+def disjoint_copies(g: nx.Graph, k: int) -> nx.Graph:
+    """k disjoint copies of ``g``, nodes numbered 0…k·n − 1: the same node profiles (so the same distribution of
+    rows), k times as many nodes and edges."""
+    return nx.convert_node_labels_to_integers(nx.disjoint_union_all([g] * k))
+
+
 def rewire(g: nx.Graph, fraction: float, seed: int) -> nx.Graph:
     """Watts–Strogatz-style rewiring: a ``fraction`` of the edges each keep one end (chosen at random) and move
     the other to a uniformly random node (no self-loops or duplicates); the edge count is unchanged."""

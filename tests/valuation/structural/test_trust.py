@@ -32,7 +32,7 @@ from app.valuation.structural import (
 from app.valuation.structural.matching import Adjacency
 from app.valuation.structural.profile import ProfileSpec, profile, short_cycles, triangles
 from app.valuation.structural.trust import bootstrap_interval, quantise
-from tests.valuation.structural.helpers import relabel, rewire, rewire_nested
+from tests.valuation.structural.helpers import disjoint_copies, relabel, rewire, rewire_nested
 
 NONE = GraphOptions(feature_view="none", replicates=0)
 
@@ -218,6 +218,20 @@ def test_rewiring_where_the_acceptance_is_not_met_yet(name):
     make, rho_min, ratio_max = SHORT[name]
     rho, ratio = rewiring_numbers(make())
     assert rho >= rho_min and ratio <= ratio_max, (rho, ratio)
+
+
+# The shortfall is the graphs' size, not their structure: k disjoint copies of a graph have exactly its
+# distribution of profile rows, and with 8 copies of karate and of Davis (272 and 256 nodes) and 2 of SBM3
+# (400 nodes) the same rewiring meets the acceptance (measured: 0.971 / 0.24, 0.969 / 0.18, 0.976 / 0.26; both
+# readings and seed sets in bench/structural_rewiring.py --graphs larger).
+LARGER = {"karate x8": (karate, 8), "davis x8": (davis, 8), "sbm3 x2": (sbm3, 2)}
+
+
+@pytest.mark.parametrize("name", sorted(LARGER))
+def test_rewiring_meets_the_acceptance_with_more_nodes_of_the_same_structure(name):
+    make, copies = LARGER[name]
+    rho, ratio = rewiring_numbers(disjoint_copies(make(), copies))
+    assert rho >= 0.95 and ratio <= 0.4, (rho, ratio)
 
 
 @pytest.mark.xfail(strict=True, reason="acceptance (Spearman >= 0.95, 10%/100% <= 0.4) not met on karate, "
