@@ -14,6 +14,7 @@ default: every fraction of every seed drawn independently); leave-one-out neares
 over ER, BA, WS and a 4-block SBM (p_in / p_out = 8), n = 200, m = 600, 6 graphs a family.
 
     .venv/bin/python bench/structural_acceptance.py [--quick] [--nested] [--first-seed 5] [--only profile]
+    .venv/bin/python bench/structural_acceptance.py --loo-sets 6   # LOO on 6 disjoint sets of family graphs
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def loo_accuracy(measure, quick: bool) -> float:
 
 def nearest_family_accuracy(measure, graphs: list) -> float:
     """Leave-one-out accuracy of the nearest graph's family, ``graphs`` (family, graph) pairs."""
+    return nearest_family_misses(measure, graphs)[0]
+
+
+def nearest_family_misses(measure, graphs: list) -> tuple[float, list[tuple[str, str]]]:
+    """(leave-one-out accuracy, the (family, nearest graph's family) of every miss)."""
     import numpy as np
 
     n = len(graphs)
@@ -108,7 +114,26 @@ def nearest_family_accuracy(measure, graphs: list) -> float:
         for j in range(i + 1, n):
             d[i, j] = d[j, i] = measure(graphs[i][1], graphs[j][1])
     nearest = d.argmin(axis=1)
-    return float(np.mean([graphs[i][0] == graphs[nearest[i]][0] for i in range(n)]))
+    misses = [(graphs[i][0], graphs[nearest[i]][0]) for i in range(n) if graphs[i][0] != graphs[nearest[i]][0]]
+    return 1.0 - len(misses) / n, misses
+
+
+def loo_seed_sets(sets: int) -> str:
+    """The profile's leave-one-out accuracy on ``sets`` disjoint sets of family graphs (seeds 0–5, 6–11, …)."""
+    from tests.valuation.structural.test_trust import family_200
+
+    profile_s = measures()["profile"]
+    lines = ["| family seeds | LOO accuracy | misses (family → nearest graph's family) |", "|---|---|---|"]
+    accs = []
+    for k in range(sets):
+        seeds = range(6 * k, 6 * k + 6)
+        graphs = [(name, family_200(name, s)) for name in ("er", "ba", "ws", "sbm") for s in seeds]
+        acc, misses = nearest_family_misses(profile_s, graphs)
+        accs.append(acc)
+        lines.append(f"| {seeds.start}–{seeds.stop - 1} | {acc:.3f} | "
+                     + (", ".join(f"{a} → {b}" for a, b in misses) or "none") + " |")
+    lines.append(f"| mean of {sets} | {sum(accs) / sets:.3f} | |")
+    return "\n".join(lines)
 
 
 def acceptance_tables(quick: bool = False, nested: bool = False, first_seed: int = 0,
@@ -147,7 +172,12 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0, help="rewiring seeds first-seed … first-seed + 4")
     ap.add_argument("--only", nargs="*", choices=["profile", "old proxy", "WWL anchor"],
                     help="measure only these (the old proxy takes minutes)")
+    ap.add_argument("--loo-sets", type=int, default=0,
+                    help="instead: the profile's leave-one-out accuracy on this many disjoint sets of 6 seeds")
     args = ap.parse_args()
+    if args.loo_sets:
+        print(loo_seed_sets(args.loo_sets))
+        return
     print(acceptance_tables(args.quick, args.nested, args.first_seed, args.only))
 
 
