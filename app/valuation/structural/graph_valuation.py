@@ -603,6 +603,9 @@ def graph_score(
         interval = _interval(buyer.structural, s.structural, d.value, error, solver, options, device)
         rd: RelevanceDiversity | None = None
         notes = list(s.notes)
+        small = small_graph_note(buyer.structural.num_nodes, s.structural.num_nodes)
+        if small:
+            notes.append(small)
         if error > 0:
             notes.append(f"S is computed from codebooks (at most {request.codebook} rows a party); the exact value "
                          f"lies within ±{error:.3g} (structural_bracket)")
@@ -627,6 +630,22 @@ def graph_score(
         "components": None if buyer.feature_private is None else buyer.feature_private.components,
     }
     return GraphValuation(request, solver, s0, results, buyer_info, options.as_dict())
+
+
+# Below this many nodes, one graph's own randomness moves S about as much as rewiring a tenth of its edges does
+# (docs/structural-disparity.md: under random rewiring, S of karate, Davis' southern women and a 200-node SBM
+# orders 70-100 % rewired graphs poorly; 8 copies of karate or Davis, 256-272 nodes, and a 400-node SBM do not).
+SMALL_GRAPH_NODES = 250
+
+
+def small_graph_note(buyer_nodes: int, seller_nodes: int) -> str | None:
+    """The note a result carries when either graph has fewer than SMALL_GRAPH_NODES nodes (None otherwise)."""
+    small = [f"{who} {n:,} nodes" for who, n in (("buyer", buyer_nodes), ("seller", seller_nodes))
+             if n < SMALL_GRAPH_NODES]
+    if not small:
+        return None
+    return (f"small graph ({', '.join(small)}): under {SMALL_GRAPH_NODES} nodes S tells large structural differences "
+            "apart, not close ones; sellers whose S intervals overlap are about equally distant")
 
 
 def _interval(

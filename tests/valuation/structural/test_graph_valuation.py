@@ -27,7 +27,7 @@ from app.valuation.structural import (
     node_features,
     value_graphs,
 )
-from app.valuation.structural.graph_valuation import GraphShare
+from app.valuation.structural.graph_valuation import GraphShare, small_graph_note
 from tests.valuation.structural.helpers import family, shuffled_arrays
 
 
@@ -122,7 +122,22 @@ def test_featureless_graphs():
     both = value_graphs(buyer, [seller], GraphOptions(score_weights=(1.0, 1.0, 1.0))).results[0]
     assert both.score is None  # a weighted term is missing
     structural_only = value_graphs(BUYER, SELLERS, GraphOptions(feature_view="none")).results[0]
-    assert structural_only.relevance is None and not structural_only.notes
+    assert structural_only.relevance is None
+    assert [n for n in structural_only.notes if not n.startswith("small graph")] == []
+
+
+def test_a_graph_under_250_nodes_gets_the_small_graph_note():
+    """The note names the small side(s) and their node counts; graphs of 250 nodes or more get none."""
+    big_a, big_b = graph_from_networkx(family("ba", 300, 4, 1)), graph_from_networkx(family("er", 250, 4, 2))
+    small = graph_from_networkx(family("er", 249, 4, 3))
+    none = GraphOptions(feature_view="none", replicates=0)
+    assert value_graphs(big_a, [big_b], none).results[0].notes == []
+    seller_small = value_graphs(big_a, [small, big_b], none).results
+    assert [n for n in seller_small[0].notes if n.startswith("small graph")] == [
+        small_graph_note(300, 249)] and "(seller 249 nodes)" in seller_small[0].notes[0]
+    assert seller_small[1].notes == []
+    both = value_graphs(small, [small], none).results[0].notes
+    assert both == [small_graph_note(249, 249)] and "(buyer 249 nodes, seller 249 nodes)" in both[0]
 
 
 def test_weighted_score_and_similarity():
