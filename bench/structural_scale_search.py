@@ -23,11 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import ot  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
 
 from app.valuation.structural.profile import short_cycles  # noqa: E402
 from bench.structural_acceptance import nearest_family_accuracy  # noqa: E402
-from bench.structural_rewiring import FRACTIONS, GRAPHS, adjacency, smoothed  # noqa: E402
+from bench.structural_rewiring import FRACTIONS, GRAPHS, adjacency, curve_numbers, smoothed  # noqa: E402
 from tests.valuation.structural.helpers import rewire  # noqa: E402
 from tests.valuation.structural.test_trust import family_200  # noqa: E402
 
@@ -49,7 +48,14 @@ def rows(cols: dict[str, np.ndarray], scales: dict[str, float]) -> np.ndarray:
 
 
 def w1(x: np.ndarray, y: np.ndarray) -> float:
+    # POT directly, not the app's ``wasserstein``: that goes through torch, whose thread pool hangs in the forked
+    # workers of the Pool below
     return float(ot.emd2(np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y)), ot.dist(x, y, "euclidean")))
+
+
+def distance(scales: dict[str, float]):
+    """S for one setting: exact W₁ between two graphs' scaled candidate columns."""
+    return lambda a, b: w1(rows(a, scales), rows(b, scales))
 
 
 def build(seeds: range) -> dict[str, tuple[dict, list[list[dict]]]]:
@@ -63,13 +69,7 @@ def build(seeds: range) -> dict[str, tuple[dict, list[list[dict]]]]:
 
 
 def rewiring_numbers(data, scales) -> dict[str, tuple[float, float]]:
-    out = {}
-    for name, (base, runs) in data.items():
-        b = rows(base, scales)
-        curves = np.array([[w1(b, rows(c, scales)) for c in run] for run in runs])
-        out[name] = (float(np.mean([spearmanr(FRACTIONS, c).statistic for c in curves])),
-                     float(np.mean(curves[:, 1] / curves[:, -1])))
-    return out
+    return {name: curve_numbers(distance(scales), base, runs) for name, (base, runs) in data.items()}
 
 
 def random_scales(rng: np.random.Generator) -> dict[str, float]:
@@ -115,7 +115,7 @@ def main() -> None:
     shown = [scored[0], *eligible[: args.top]]
     for scales, numbers in shown:
         label = ", ".join(f"{k} {v:.2f}" for k, v in scales.items() if v > 0)
-        acc = nearest_family_accuracy(lambda a, b, s=scales: w1(rows(a, s), rows(b, s)), fams)
+        acc = nearest_family_accuracy(distance(scales), fams)
         print(f"| {label} | 0–4 | {cells(numbers)} | {acc:.2f} |")
         print(f"| | 5–9 | {cells(rewiring_numbers(held_out, scales))} | |", flush=True)
 

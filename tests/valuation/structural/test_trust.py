@@ -53,10 +53,11 @@ def florentine() -> nx.Graph:
     return nx.convert_node_labels_to_integers(nx.florentine_families_graph())
 
 
-def sbm3() -> nx.Graph:
-    """Three blocks of unequal size and density (100, 60, 40 nodes; p_in 0.08, 0.15, 0.3; p_out 0.01)."""
-    probs = [[0.08, 0.01, 0.01], [0.01, 0.15, 0.01], [0.01, 0.01, 0.3]]
-    return nx.convert_node_labels_to_integers(nx.stochastic_block_model([100, 60, 40], probs, seed=5))
+def sbm3(k: int = 1) -> nx.Graph:
+    """Three blocks of unequal size and density (100, 60, 40 nodes; p_in 0.08, 0.15, 0.3; p_out 0.01); ``k`` > 1:
+    k times the nodes with the same block shares and expected degrees (every probability divided by k)."""
+    probs = [[p / k for p in row] for row in [[0.08, 0.01, 0.01], [0.01, 0.15, 0.01], [0.01, 0.01, 0.3]]]
+    return nx.convert_node_labels_to_integers(nx.stochastic_block_model([100 * k, 60 * k, 40 * k], probs, seed=5))
 
 
 def S(a: nx.Graph, b: nx.Graph, options: GraphOptions = NONE) -> float:
